@@ -1,0 +1,244 @@
+"""Batch normalization as pure NumPy functions: no state, no framework.
+
+Layout follows PyTorch: channels live on axis 1, so an input is ``(N, C)``,
+``(N, C, L)``, ``(N, C, H, W)`` or more. Batch normalization computes one mean
+and one variance per channel, over every axis except axis 1. We call the
+number of values that share a channel's statistics ``M = x.size // C``.
+
+Each forward returns ``(out, cache)``; the matching backward takes the upstream
+gradient and that cache, in the style of CS231n's ``layers.py``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "BatchNormCache",
+    "reduction_axes",
+    "channel_shape",
+    "batch_statistics",
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "batchnorm_backward_staged",
+    "batchnorm_inference",
+]
+
+
+class BatchNormCache(NamedTuple):
+    """What the training-mode forward keeps for the backward pass, and why.
+
+    - ``x_hat``: the normalized input, same shape as ``x``. The compact
+      backward is written in terms of it, so we keep it instead of ``x``.
+    - ``inv_std``: ``1 / sqrt(var + eps)``, shape ``(C,)``. Needed to scale
+      the gradient; storing it avoids a second square root.
+    - ``gamma``: the scale, shape ``(C,)``; ``dx`` is proportional to it.
+    """
+
+    x_hat: np.ndarray
+    inv_std: np.ndarray
+    gamma: np.ndarray
+
+
+def reduction_axes(ndim: int) -> tuple[int, ...]:
+    """Axes that batch normalization averages over: all but the channel axis 1."""
+    return (0,) + tuple(range(2, ndim))
+
+
+def channel_shape(ndim: int, num_channels: int) -> tuple[int, ...]:
+    """Shape that broadcasts a per-channel vector ``(C,)`` against an ``ndim`` input."""
+    return (1, num_channels) + (1,) * (ndim - 2)
+
+
+def _check_input(x: np.ndarray, name: str = "x") -> None:
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"expected {name} to be a numpy array, got {type(x).__name__}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"expected {name} of shape (N, C, ...) with at least 2 dimensions, "
+            f"got shape {x.shape}"
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"expected {name} to have a floating dtype, got {x.dtype}")
+
+
+def _check_per_channel(v: np.ndarray, name: str, num_channels: int) -> np.ndarray:
+    v = np.asarray(v)
+    if v.shape != (num_channels,):
+        raise ValueError(
+            f"expected {name} of shape ({num_channels},) to match the {num_channels} "
+            f"channels on axis 1 of the input, got shape {v.shape}"
+        )
+    return v
+
+
+def batch_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance of ``x`` of shape ``(N, C, ...)``.
+
+    Two passes: first the mean, then the mean of squared deviations from it.
+    The one-pass formula ``E[x^2] - E[x]^2`` subtracts two nearly equal large
+    numbers when ``|mean| >> std``, and in float32 the difference drowns in
+    rounding error (it can even come out negative). Returns two ``(C,)`` arrays
+    in the dtype of ``x``.
+    """
+    _check_input(x)
+    axes = reduction_axes(x.ndim)
+    mean = x.mean(axis=axes)
+    centered = x - mean.reshape(channel_shape(x.ndim, x.shape[1]))
+    var = np.mean(centered * centered, axis=axes)
+    return mean, var
+
+
+def batchnorm_forward(
+    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, BatchNormCache]:
+    """Training-mode batch normalization.
+
+    ``out = gamma * (x - mean) / sqrt(var + eps) + beta`` with ``mean`` and the
+    biased ``var`` taken per channel over every axis but axis 1.
+
+    Args:
+        x: input of shape ``(N, C, ...)``, float32 or float64.
+        gamma: scale, shape ``(C,)``.
+        beta: shift, shape ``(C,)``.
+        eps: added to the variance before the square root.
+
+    Returns:
+        ``out`` with the shape and dtype of ``x``, and a :class:`BatchNormCache`
+        holding ``x_hat`` (shape of ``x``), ``inv_std`` and ``gamma`` (``(C,)``).
+
+    Raises:
+        ValueError: ``x`` has fewer than 2 dimensions, ``gamma``/``beta`` do not
+            have shape ``(C,)``, or there is only one value per channel (the
+            variance of one number is 0 and the output would be just ``beta``).
+    """
+    _check_input(x)
+    num_channels = x.shape[1]
+    gamma = _check_per_channel(gamma, "gamma", num_channels)
+    beta = _check_per_channel(beta, "beta", num_channels)
+    values_per_channel = x.size // num_channels if num_channels else 0
+    if values_per_channel <= 1:
+        raise ValueError(
+            "expected more than 1 value per channel when training, "
+            f"got input of shape {x.shape}"
+        )
+    shape = channel_shape(x.ndim, num_channels)
+    mean, var = batch_statistics(x)
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+    x_hat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    gamma = gamma.astype(x.dtype, copy=False)
+    out = gamma.reshape(shape) * x_hat + beta.astype(x.dtype, copy=False).reshape(shape)
+    return out, BatchNormCache(x_hat=x_hat, inv_std=inv_std, gamma=gamma)
+
+
+def batchnorm_backward(
+    dout: np.ndarray, cache: BatchNormCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward pass of :func:`batchnorm_forward`, in the compact closed form.
+
+    With ``M`` values per channel and sums taken per channel:
+
+        dbeta  = sum(dout)
+        dgamma = sum(dout * x_hat)
+        dx     = gamma * inv_std / M * (M * dout - dbeta - x_hat * dgamma)
+
+    The formula is derived in the chapter "Deriving batch normalization". It
+    reuses ``dbeta`` and ``dgamma``, so the whole backward costs two reductions
+    and one elementwise pass.
+
+    Args:
+        dout: upstream gradient, same shape as the forward's input.
+        cache: the cache returned by :func:`batchnorm_forward`.
+
+    Returns:
+        ``(dx, dgamma, dbeta)`` with shapes ``x.shape``, ``(C,)``, ``(C,)``.
+    """
+    x_hat, inv_std, gamma = _check_backward(dout, cache)
+    axes = reduction_axes(dout.ndim)
+    shape = channel_shape(dout.ndim, dout.shape[1])
+    m = dout.size // dout.shape[1]
+    dbeta = dout.sum(axis=axes)
+    dgamma = (dout * x_hat).sum(axis=axes)
+    scale = (gamma * inv_std / m).reshape(shape)
+    dx = scale * (m * dout - dbeta.reshape(shape) - x_hat * dgamma.reshape(shape))
+    return dx, dgamma, dbeta
+
+
+def batchnorm_backward_staged(
+    dout: np.ndarray, cache: BatchNormCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same gradients as :func:`batchnorm_backward`, by walking the graph.
+
+    Goes backwards node by node through the computational graph
+    ``x -> mu -> xc = x - mu -> var -> inv_std -> x_hat -> out``, exactly as
+    autograd would. It is slower and keeps more intermediates; the book uses it
+    to check the compact formula and to show why the compact one wins.
+    Shapes as in :func:`batchnorm_backward`.
+    """
+    x_hat, inv_std, gamma = _check_backward(dout, cache)
+    axes = reduction_axes(dout.ndim)
+    shape = channel_shape(dout.ndim, dout.shape[1])
+    m = dout.size // dout.shape[1]
+    inv_std_b = inv_std.reshape(shape)
+    xc = x_hat / inv_std_b  # x - mu, recovered from the cache
+
+    dbeta = dout.sum(axis=axes)
+    dgamma = (dout * x_hat).sum(axis=axes)
+    dx_hat = dout * gamma.reshape(shape)
+    # x_hat = xc * inv_std: two paths, one through xc and one through inv_std.
+    dxc = dx_hat * inv_std_b
+    dinv_std = (dx_hat * xc).sum(axis=axes)
+    # inv_std = (var + eps) ** -1/2  =>  d inv_std / d var = -1/2 * inv_std ** 3
+    dvar = -0.5 * inv_std**3 * dinv_std
+    # var = mean(xc ** 2)  =>  d var / d xc = 2 * xc / M
+    dxc = dxc + 2.0 * xc * dvar.reshape(shape) / m
+    # xc = x - mu: one path straight to x, one through mu = mean(x).
+    dmu = -dxc.sum(axis=axes)
+    dx = dxc + dmu.reshape(shape) / m
+    return dx, dgamma, dbeta
+
+
+def batchnorm_inference(
+    x: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float = 1e-5,
+) -> np.ndarray:
+    """Evaluation-mode batch normalization with fixed (running) statistics.
+
+    ``out = gamma * (x - running_mean) / sqrt(running_var + eps) + beta``: an
+    affine map per channel, independent of the other examples in the batch.
+    All per-channel arguments have shape ``(C,)``; ``out`` has the shape and
+    dtype of ``x``. Nothing is cached: the gradient is ``dout * gamma / sqrt(running_var + eps)``.
+    """
+    _check_input(x)
+    c = x.shape[1]
+    shape = channel_shape(x.ndim, c)
+    running_mean = _check_per_channel(running_mean, "running_mean", c)
+    running_var = _check_per_channel(running_var, "running_var", c)
+    gamma = _check_per_channel(gamma, "gamma", c)
+    beta = _check_per_channel(beta, "beta", c)
+    inv_std = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype)
+    x_hat = (x - running_mean.astype(x.dtype).reshape(shape)) * inv_std.reshape(shape)
+    return gamma.astype(x.dtype).reshape(shape) * x_hat + beta.astype(x.dtype).reshape(shape)
+
+
+def _check_backward(
+    dout: np.ndarray, cache: BatchNormCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not isinstance(cache, BatchNormCache):
+        raise ValueError(
+            "expected the cache returned by batchnorm_forward, "
+            f"got {type(cache).__name__}"
+        )
+    _check_input(dout, "dout")
+    if dout.shape != cache.x_hat.shape:
+        raise ValueError(
+            f"expected dout of shape {cache.x_hat.shape} (the forward input's shape), "
+            f"got shape {dout.shape}"
+        )
+    return cache.x_hat, cache.inv_std, cache.gamma
