@@ -1,7 +1,14 @@
 """bncourse: batch normalization from scratch, the code behind the course."""
 
 from . import functional, gradcheck
-from .functional import batchnorm_backward, batchnorm_forward
+from .functional import (
+    batchnorm_backward,
+    batchnorm_forward,
+    groupnorm_backward,
+    groupnorm_forward,
+    layernorm_backward,
+    layernorm_forward,
+)
 from .layers import BatchNorm1d, BatchNorm2d
 
 __version__ = "0.1.0"
@@ -12,5 +19,9 @@ __all__ = [
     "batchnorm_backward",
     "batchnorm_forward",
     "functional",
+    "groupnorm_backward",
+    "groupnorm_forward",
+    "layernorm_backward",
+    "layernorm_forward",
     "gradcheck",
 ]

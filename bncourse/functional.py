@@ -24,6 +24,11 @@ __all__ = [
     "batchnorm_backward",
     "batchnorm_backward_staged",
     "batchnorm_inference",
+    "NormCache",
+    "layernorm_forward",
+    "layernorm_backward",
+    "groupnorm_forward",
+    "groupnorm_backward",
 ]
 
 
@@ -242,3 +247,152 @@ def _check_backward(
             f"got shape {dout.shape}"
         )
     return cache.x_hat, cache.inv_std, cache.gamma
+
+
+# -- The same idea over other axes: layer norm and group norm ---------------
+#
+# Batch norm shares statistics across the batch, per channel. Layer norm
+# shares them across all features of one example; group norm across a group
+# of channels of one example. Both reshape the input so that each row of a
+# 2-D view holds one set of values that share a mean and variance, and then
+# the forward and the compact backward are the batch-norm ones along axis 1
+# of that view.
+
+
+class NormCache(NamedTuple):
+    """What layer/group norm keep for the backward pass.
+
+    - ``x_hat``: normalized input, shape of ``x``.
+    - ``inv_std``: ``1 / sqrt(var + eps)`` per normalized set, shape ``(N, S)``
+      with ``S = 1`` for layer norm and ``S = num_groups`` for group norm.
+    - ``gamma``: the scale as given (``x.shape[1:]`` for layer norm, ``(C,)``
+      for group norm); it multiplies the upstream gradient.
+    - ``num_groups``: ``S`` again, to rebuild the 2-D view.
+    """
+
+    x_hat: np.ndarray
+    inv_std: np.ndarray
+    gamma: np.ndarray
+    num_groups: int
+
+
+def _rows_forward(rows: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Normalize each row of ``rows`` (shape ``(R, M)``); returns ``x_hat`` and ``inv_std`` ``(R,)``."""
+    mean = rows.mean(axis=1, keepdims=True)
+    centered = rows - mean
+    var = np.mean(centered * centered, axis=1, keepdims=True)
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(rows.dtype)
+    return centered * inv_std, inv_std[:, 0]
+
+
+def _rows_backward(dx_hat: np.ndarray, x_hat: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
+    """Compact backward through row-wise normalization (shapes ``(R, M)``, ``(R, M)``, ``(R,)``)."""
+    m = dx_hat.shape[1]
+    return (inv_std[:, None] / m) * (
+        m * dx_hat
+        - dx_hat.sum(axis=1, keepdims=True)
+        - x_hat * (dx_hat * x_hat).sum(axis=1, keepdims=True)
+    )
+
+
+def layernorm_forward(
+    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, NormCache]:
+    """Layer normalization over all axes but the batch axis 0, like ``torch.nn.LayerNorm(x.shape[1:])``.
+
+    Args:
+        x: input of shape ``(N, D1, D2, ...)`` (at least 2-D).
+        gamma, beta: elementwise scale and shift, shape ``x.shape[1:]``.
+
+    Returns:
+        ``out`` (shape of ``x``) and a :class:`NormCache` (``inv_std`` of shape ``(N, 1)``).
+        Statistics are per example, so the output of one example does not
+        depend on the rest of the batch, and a batch of one is fine.
+    """
+    _check_input(x)
+    gamma = np.asarray(gamma)
+    beta = np.asarray(beta)
+    for name, v in (("gamma", gamma), ("beta", beta)):
+        if v.shape != x.shape[1:]:
+            raise ValueError(
+                f"expected {name} of shape {x.shape[1:]} (the input's shape without the batch axis), "
+                f"got shape {v.shape}"
+            )
+    rows = x.reshape(x.shape[0], -1)
+    x_hat_rows, inv_std = _rows_forward(rows, eps)
+    x_hat = x_hat_rows.reshape(x.shape)
+    out = gamma.astype(x.dtype) * x_hat + beta.astype(x.dtype)
+    return out, NormCache(x_hat, inv_std.reshape(-1, 1), gamma.astype(x.dtype), 1)
+
+
+def layernorm_backward(
+    dout: np.ndarray, cache: NormCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward of :func:`layernorm_forward`: ``(dx, dgamma, dbeta)``, shapes ``x``, ``x.shape[1:]`` twice."""
+    x_hat = _check_norm_backward(dout, cache)
+    n = dout.shape[0]
+    dx_hat = dout * cache.gamma
+    dx = _rows_backward(dx_hat.reshape(n, -1), x_hat.reshape(n, -1), cache.inv_std[:, 0])
+    return dx.reshape(dout.shape), (dout * x_hat).sum(axis=0), dout.sum(axis=0)
+
+
+def groupnorm_forward(
+    x: np.ndarray, num_groups: int, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, NormCache]:
+    """Group normalization, like ``torch.nn.functional.group_norm``.
+
+    The ``C`` channels are split into ``num_groups`` consecutive groups; each
+    example's group (its ``C // num_groups`` channels times all positions) is
+    normalized with its own mean and variance. ``num_groups=1`` is layer norm
+    with a per-channel affine; ``num_groups=C`` is instance norm.
+
+    Args:
+        x: input of shape ``(N, C, ...)``; ``C`` divisible by ``num_groups``.
+        gamma, beta: per-channel scale and shift, shape ``(C,)``.
+
+    Returns:
+        ``out`` (shape of ``x``) and a :class:`NormCache` with ``inv_std`` of
+        shape ``(N, num_groups)``.
+    """
+    _check_input(x)
+    c = x.shape[1]
+    if not isinstance(num_groups, (int, np.integer)) or num_groups < 1 or c % num_groups:
+        raise ValueError(
+            f"expected num_groups to be a positive int dividing the {c} channels, got {num_groups!r}"
+        )
+    gamma = _check_per_channel(gamma, "gamma", c).astype(x.dtype)
+    beta = _check_per_channel(beta, "beta", c).astype(x.dtype)
+    n = x.shape[0]
+    x_hat_rows, inv_std = _rows_forward(x.reshape(n * num_groups, -1), eps)
+    x_hat = x_hat_rows.reshape(x.shape)
+    shape = channel_shape(x.ndim, c)
+    out = gamma.reshape(shape) * x_hat + beta.reshape(shape)
+    return out, NormCache(x_hat, inv_std.reshape(n, num_groups), gamma, int(num_groups))
+
+
+def groupnorm_backward(
+    dout: np.ndarray, cache: NormCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward of :func:`groupnorm_forward`: ``(dx, dgamma, dbeta)``, shapes ``x``, ``(C,)``, ``(C,)``."""
+    x_hat = _check_norm_backward(dout, cache)
+    n, c = dout.shape[:2]
+    g = cache.num_groups
+    dx_hat = dout * cache.gamma.reshape(channel_shape(dout.ndim, c))
+    dx = _rows_backward(
+        dx_hat.reshape(n * g, -1), x_hat.reshape(n * g, -1), cache.inv_std.reshape(-1)
+    )
+    axes = reduction_axes(dout.ndim)
+    return dx.reshape(dout.shape), (dout * x_hat).sum(axis=axes), dout.sum(axis=axes)
+
+
+def _check_norm_backward(dout: np.ndarray, cache: NormCache) -> np.ndarray:
+    if not isinstance(cache, NormCache):
+        raise ValueError(
+            f"expected the cache returned by layernorm_forward/groupnorm_forward, got {type(cache).__name__}"
+        )
+    _check_input(dout, "dout")
+    if dout.shape != cache.x_hat.shape:
+        raise ValueError(
+            f"expected dout of shape {cache.x_hat.shape} (the forward input's shape), got shape {dout.shape}"
+        )
+    return cache.x_hat
