@@ -1,0 +1,6 @@
+"""Shared test settings."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+os.environ.setdefault("MPLBACKEND", "Agg")
