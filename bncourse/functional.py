@@ -40,11 +40,16 @@ class BatchNormCache(NamedTuple):
     - ``inv_std``: ``1 / sqrt(var + eps)``, shape ``(C,)``. Needed to scale
       the gradient; storing it avoids a second square root.
     - ``gamma``: the scale, shape ``(C,)``; ``dx`` is proportional to it.
+    - ``mean``, ``var``: the batch mean and biased variance, shape ``(C,)``.
+      The backward does not need them; a layer reads them to update its
+      running statistics without a second pass over the input.
     """
 
     x_hat: np.ndarray
     inv_std: np.ndarray
     gamma: np.ndarray
+    mean: np.ndarray | None = None
+    var: np.ndarray | None = None
 
 
 def reduction_axes(ndim: int) -> tuple[int, ...]:
@@ -135,7 +140,7 @@ def batchnorm_forward(
     x_hat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
     gamma = gamma.astype(x.dtype, copy=False)
     out = gamma.reshape(shape) * x_hat + beta.astype(x.dtype, copy=False).reshape(shape)
-    return out, BatchNormCache(x_hat=x_hat, inv_std=inv_std, gamma=gamma)
+    return out, BatchNormCache(x_hat=x_hat, inv_std=inv_std, gamma=gamma, mean=mean, var=var)
 
 
 def batchnorm_backward(

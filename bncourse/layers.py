@@ -16,7 +16,6 @@ import numpy as np
 
 from .functional import (
     BatchNormCache,
-    batch_statistics,
     batchnorm_backward,
     batchnorm_forward,
     channel_shape,
@@ -97,7 +96,7 @@ class _BatchNorm:
         if use_batch_stats:
             out, cache = batchnorm_forward(x, gamma, beta, self.eps)
             if self.training and self.track_running_stats:
-                self._update_running_stats(x)
+                self._update_running_stats(cache.mean, cache.var, x.size // self.num_features)
         else:
             shape = channel_shape(x.ndim, self.num_features)
             inv_std = (1.0 / np.sqrt(self.running_var.astype(x.dtype) + self.eps)).astype(x.dtype)
@@ -179,14 +178,13 @@ class _BatchNorm:
             return self.weight.astype(dtype), self.bias.astype(dtype)
         return np.ones(self.num_features, dtype), np.zeros(self.num_features, dtype)
 
-    def _update_running_stats(self, x: np.ndarray) -> None:
-        self.num_batches_tracked = self.num_batches_tracked + 1
+    def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, m: int) -> None:
+        """Blend the batch's ``mean`` and biased ``var`` (``(C,)``, over ``m`` values) into the running estimates."""
+        self.num_batches_tracked = np.asarray(self.num_batches_tracked + 1, dtype=np.int64)
         if self.momentum is None:  # cumulative moving average over all batches seen
             factor = 1.0 / float(self.num_batches_tracked)
         else:  # exponential moving average, weight `momentum` on the new value
             factor = self.momentum
-        mean, var = batch_statistics(x)
-        m = x.size // self.num_features
         unbiased_var = var * (m / (m - 1))
         self.running_mean = ((1 - factor) * self.running_mean + factor * mean).astype(self.dtype)
         self.running_var = ((1 - factor) * self.running_var + factor * unbiased_var).astype(
@@ -196,6 +194,8 @@ class _BatchNorm:
     def _check_input(self, x: np.ndarray) -> None:
         if not isinstance(x, np.ndarray):
             raise ValueError(f"expected a numpy array, got {type(x).__name__}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"{type(self).__name__} expected a floating-point input, got dtype {x.dtype}")
         if x.ndim not in self._accepted_ndims:
             raise ValueError(
                 f"{type(self).__name__} expected {self._expected_layout} input, "

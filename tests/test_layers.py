@@ -80,6 +80,7 @@ def test_state_dict_round_trip_and_keys():
     layer = bncourse.BatchNorm2d(3)
     layer(np.random.default_rng(0).normal(size=(4, 3, 2, 2)).astype(np.float32))
     assert list(layer.state_dict()) == list(torch.nn.BatchNorm2d(3).state_dict())
+    assert isinstance(layer.state_dict()["num_batches_tracked"], np.ndarray)
     other = bncourse.BatchNorm2d(3)
     other.load_state_dict(layer.state_dict())
     for key, value in layer.state_dict().items():
@@ -125,6 +126,7 @@ BAD_INPUTS = [
     (lambda: bncourse.BatchNorm2d(3)(np.ones((1, 3, 1, 1), np.float32)), "more than 1 value per channel"),
     (lambda: bncourse.BatchNorm1d(3).backward(np.ones((4, 3))), "backward called before forward"),
     (lambda: bncourse.BatchNorm1d(3)([[1.0, 2.0, 3.0]]), "numpy array"),
+    (lambda: bncourse.BatchNorm1d(3).eval()(np.ones((4, 3), np.int64)), "floating-point input, got dtype int64"),
     (lambda: bncourse.BatchNorm1d(0), "positive int"),
     (lambda: bncourse.BatchNorm1d(3, momentum=1.5), "momentum in"),
     (lambda: bncourse.BatchNorm1d(3).load_state_dict({"weight": np.ones(3)}), "missing"),
