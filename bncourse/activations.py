@@ -1,20 +1,20 @@
-"""Watching activation statistics inside a torch model.
+"""Recording and summarizing activation statistics inside a torch model.
 
 The chapter "Why normalize activations?" looks at how the distribution of each
 layer's pre-activations changes with depth (at initialization) and with time
-(during training). This module holds what it needs:
+(during training). This module holds what it measures with:
 
-- :func:`plain_mlp` builds a deep fully connected net without normalization,
-  with a chosen weight scale, so the effect of the scale can be isolated;
-- :class:`ActivationRecorder` registers forward hooks that copy each watched
-  module's output on every forward call;
-- :func:`activation_percentiles` and :func:`saturation_fraction` summarize a
-  recorded tensor;
-- :func:`train_tracking_percentiles` trains a model with plain SGD and records
-  percentiles of one layer's output on a fixed probe batch as it goes.
+- :class:`ActivationRecorder` registers forward hooks on several modules at once
+  and keeps a copy of each one's input (or output) on every forward call;
+- :func:`record_layers` runs one batch through a model and returns what the
+  hooks saw, leaving the model exactly as it was;
+- :func:`layer_statistics`, :func:`saturation_fraction` summarize recordings;
+- :class:`PercentileTracker` is an ``on_step`` callback for
+  :func:`bncourse.training.train` that follows per-unit percentiles of one
+  layer over training, and :func:`drift_summary` condenses them per unit.
 
-Everything runs on the CPU in float32 and takes tensors, not NumPy arrays,
-except where the docstring says otherwise.
+The models come from :mod:`bncourse.models`, the training loop from
+:mod:`bncourse.training`; nothing here trains or builds a model.
 """
 
 from __future__ import annotations
@@ -25,138 +25,64 @@ import numpy as np
 import torch
 from torch import nn
 
+from .training import record_activations
+
 __all__ = [
-    "ACTIVATIONS",
-    "plain_mlp",
-    "linear_layers",
     "ActivationRecorder",
-    "record_activations",
-    "activation_percentiles",
+    "record_layers",
+    "layer_statistics",
     "saturation_fraction",
-    "train_tracking_percentiles",
+    "PercentileTracker",
+    "drift_summary",
 ]
 
-# Name -> module class; the names are what plain_mlp accepts.
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "relu": nn.ReLU,
-}
-
-
-def plain_mlp(
-    in_features: int,
-    hidden_features: int,
-    num_hidden: int,
-    out_features: int,
-    activation: str = "tanh",
-    weight_scale: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> nn.Sequential:
-    """A deep MLP without normalization: ``(Linear, activation) * num_hidden, Linear``.
-
-    Every ``Linear`` weight is drawn from ``N(0, weight_scale**2 / fan_in)`` and
-    every bias is 0. With ``weight_scale = 1`` a layer keeps the variance of
-    its (zero-mean) input, as in LeCun's and Glorot's recipes; ``sqrt(2)`` is
-    He's scale for ReLU, which halves the variance. Scales below those make
-    the signal shrink geometrically with depth, scales above make it grow.
-
-    Args:
-        in_features: input width ``D``; the net maps ``(N, D)`` to ``(N, out_features)``.
-        hidden_features: width of every hidden layer.
-        num_hidden: number of hidden ``(Linear, activation)`` blocks, >= 1.
-        out_features: width of the final ``Linear`` (the logits).
-        activation: one of ``ACTIVATIONS`` (``"tanh"``, ``"sigmoid"``, ``"relu"``).
-        weight_scale: the factor above, > 0.
-        generator: torch generator for the weights, for reproducibility.
-
-    Returns:
-        ``nn.Sequential`` whose even-indexed modules are the ``Linear`` layers;
-        :func:`linear_layers` picks those out by name.
-    """
-    for name, v in (("in_features", in_features), ("hidden_features", hidden_features),
-                    ("num_hidden", num_hidden), ("out_features", out_features)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"expected {name} to be a positive int, got {v!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"expected activation to be one of {sorted(ACTIVATIONS)}, got {activation!r}"
-        )
-    if not weight_scale > 0:
-        raise ValueError(f"expected weight_scale > 0, got {weight_scale!r}")
-    widths = [in_features] + [hidden_features] * num_hidden
-    modules: list[nn.Module] = []
-    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-        modules += [_scaled_linear(fan_in, fan_out, weight_scale, generator),
-                    ACTIVATIONS[activation]()]
-    modules.append(_scaled_linear(hidden_features, out_features, weight_scale, generator))
-    return nn.Sequential(*modules)
-
-
-def _scaled_linear(
-    fan_in: int, fan_out: int, scale: float, generator: torch.Generator | None
-) -> nn.Linear:
-    layer = nn.Linear(fan_in, fan_out)
-    with torch.no_grad():
-        layer.weight.normal_(0.0, scale / fan_in**0.5, generator=generator)
-        layer.bias.zero_()
-    return layer
-
-
-def linear_layers(model: nn.Module, include_output: bool = True) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` submodules of ``model`` in order, keyed ``"layer 1"``, ``"layer 2"``, ...
-
-    Their outputs are the pre-activations the chapter plots. With
-    ``include_output=False`` the last one (the logits of :func:`plain_mlp`,
-    which no activation follows) is left out.
-    """
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not include_output:
-        layers = layers[:-1]
-    if not layers:
-        raise ValueError(f"expected a model with nn.Linear layers, got {type(model).__name__} with none")
-    return {f"layer {i}": m for i, m in enumerate(layers, start=1)}
+_WHAT = ("input", "output")
 
 
 class ActivationRecorder:
-    """Copies the output of watched modules on every forward call, via forward hooks.
+    """Keeps a copy of the input (or output) of watched modules on every forward call.
 
     Use as a context manager so the hooks are removed afterwards::
 
-        with ActivationRecorder(linear_layers(model)) as rec:
+        acts = {f"layer {i}": m for i, m in enumerate(activation_modules(model), 1)}
+        with ActivationRecorder(acts, what="input") as rec:
             model(x)
-        rec.records["layer 3"][0]   # output of the 3rd Linear, shape (N, H)
+        rec.records["layer 3"][0]   # input of the 3rd nonlinearity: shape (N, H)
+
+    Args:
+        modules: name -> module to watch (all submodules of the same model).
+        what: ``"input"`` records the first positional input of each module
+            (for a nonlinearity: its pre-activation), ``"output"`` its output.
 
     Attributes:
-        records: name -> list of tensors, one per forward call, each detached
-            and cloned (so later in-place updates or autograd do not change it)
-            and of the module's output shape.
+        records: name -> list of tensors, one per forward call, detached and
+            cloned (so a later in-place update or backward cannot change them).
     """
 
-    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+    def __init__(self, modules: Mapping[str, nn.Module], what: str = "input") -> None:
         if not isinstance(modules, Mapping) or not modules:
-            raise ValueError(
-                f"expected a non-empty mapping name -> nn.Module, got {modules!r}"
-            )
+            raise ValueError(f"expected a non-empty mapping name -> nn.Module, got {modules!r}")
         for name, m in modules.items():
             if not isinstance(m, nn.Module):
-                raise ValueError(
-                    f"expected an nn.Module for {name!r}, got {type(m).__name__}"
-                )
+                raise ValueError(f"expected an nn.Module for {name!r}, got {type(m).__name__}")
+        if what not in _WHAT:
+            raise ValueError(f"expected what='input' or 'output', got {what!r}")
         self.modules = dict(modules)
+        self.what = what
         self.records: dict[str, list[torch.Tensor]] = {name: [] for name in self.modules}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._handles: list = []
 
     def _hook(self, name: str):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            self.records[name].append(output.detach().clone())
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            value = inputs[0] if self.what == "input" else output
+            self.records[name].append(value.detach().clone())
+
         return hook
 
     def attach(self) -> ActivationRecorder:
-        """Register the hooks (idempotent)."""
+        """Register the hooks (a second call does nothing)."""
         if not self._handles:
-            self._handles = [m.register_forward_hook(self._hook(name))
-                             for name, m in self.modules.items()]
+            self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.modules.items()]
         return self
 
     def remove(self) -> None:
@@ -177,39 +103,78 @@ class ActivationRecorder:
         self.remove()
 
 
-def record_activations(
-    model: nn.Module, x: torch.Tensor, modules: Mapping[str, nn.Module] | None = None
+@torch.no_grad()
+def record_layers(
+    model: nn.Module,
+    x: torch.Tensor,
+    modules: Mapping[str, nn.Module],
+    *,
+    what: str = "input",
+    train_mode: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """One forward pass of ``x`` (no gradients) and the output of each watched module.
+    """One forward pass of ``x`` and the input (or output) of every watched module.
+
+    The multi-layer sibling of :func:`bncourse.training.record_activations`:
+    one pass serves all layers. The model runs in eval mode unless
+    ``train_mode``; its mode and its buffers (BN's running statistics) are
+    restored afterwards, so recording never changes the model.
 
     Args:
-        model: the net; it is run as it is (train or eval mode unchanged).
-        x: its input, e.g. shape ``(N, D)``.
-        modules: name -> submodule to watch; defaults to :func:`linear_layers`.
+        model: the network.
+        x: a batch of inputs, shape ``(N, ...)``.
+        modules: name -> submodule of ``model``.
+        what: ``"input"`` or ``"output"`` (see :class:`ActivationRecorder`).
+        train_mode: run in training mode (BN uses this batch's statistics).
 
     Returns:
-        name -> output tensor of that module for this batch, e.g. ``(N, H)``.
+        name -> tensor with the module's input/output shape, e.g. ``(N, H)``, in
+        the order of ``modules``.
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
-    modules = linear_layers(model) if modules is None else modules
-    with ActivationRecorder(modules) as rec, torch.no_grad():
-        model(x)
+    owned = {id(m) for m in model.modules()}
+    for name, m in modules.items():
+        if id(m) not in owned:
+            raise ValueError(f"expected submodules of the model, got {name!r} that is not in it")
+    saved = {name: b.clone() for name, b in model.named_buffers()}
+    was_training = model.training
+    try:
+        model.train(train_mode)
+        with ActivationRecorder(modules, what=what) as rec:
+            model(x)
+    finally:
+        model.train(was_training)
+        for name, b in model.named_buffers():
+            b.copy_(saved[name])
     return {name: outs[-1] for name, outs in rec.records.items()}
 
 
-def activation_percentiles(
-    a: torch.Tensor | np.ndarray, q: Sequence[float] = (15, 50, 85)
-) -> np.ndarray:
-    """Percentiles ``q`` (in [0, 100]) of all entries of ``a``, pooled over units and examples.
+def layer_statistics(
+    values: Mapping[str, torch.Tensor | np.ndarray], q: Sequence[float] = (15, 50, 85)
+) -> dict[str, np.ndarray]:
+    """Per-layer summary of recordings, pooling all units and examples of a layer.
 
-    Returns a float64 array of shape ``(len(q),)``.
+    Args:
+        values: layer name -> activations of any shape (e.g. ``(N, H)``).
+        q: percentile levels in [0, 100].
+
+    Returns:
+        dict with ``"names"`` ``(L,)`` (the keys, in order), ``"percentiles"``
+        ``(L, len(q))``, ``"std"`` ``(L,)`` and ``"mean"`` ``(L,)``, float64.
     """
-    q = _check_q(q)
-    values = _as_numpy(a).ravel()
-    if values.size == 0:
-        raise ValueError("expected a non-empty tensor of activations, got one with 0 entries")
-    return np.percentile(values, q)
+    q_arr = _check_q(q)
+    if not values:
+        raise ValueError("expected at least one layer of activations, got an empty mapping")
+    arrays = {name: _as_numpy(v).ravel() for name, v in values.items()}
+    for name, a in arrays.items():
+        if a.size == 0:
+            raise ValueError(f"expected activations for {name!r}, got an empty tensor")
+    return {
+        "names": np.array(list(arrays)),
+        "percentiles": np.stack([np.percentile(a, q_arr) for a in arrays.values()]),
+        "std": np.array([a.std() for a in arrays.values()]),
+        "mean": np.array([a.mean() for a in arrays.values()]),
+    }
 
 
 def saturation_fraction(
@@ -218,13 +183,12 @@ def saturation_fraction(
     """Fraction of entries where ``activation`` is flat: its output within ``tol`` of a bound.
 
     For ``"tanh"`` that is ``|tanh(z)| > 1 - tol``; for ``"sigmoid"``,
-    ``sigmoid(z) < tol`` or ``> 1 - tol``. There the derivative is at most
-    about ``2 * tol`` (tanh) or ``tol`` (sigmoid), so almost no gradient flows
-    back through the unit. ReLU has no saturated side that is bounded, so it is
-    not accepted.
+    ``sigmoid(z) < tol`` or ``> 1 - tol``. There the derivative is below
+    ``2 * tol`` (tanh) or ``tol`` (sigmoid), so almost no gradient flows back
+    through the unit. ReLU has no bounded flat side and is not accepted.
 
     Args:
-        pre_activation: the input ``z`` of the activation, any shape.
+        pre_activation: the input ``z`` of the nonlinearity, any shape.
         activation: ``"tanh"`` or ``"sigmoid"``.
         tol: in (0, 1).
 
@@ -236,101 +200,101 @@ def saturation_fraction(
     if not 0.0 < tol < 1.0:
         raise ValueError(f"expected tol in (0, 1), got {tol!r}")
     z = _as_numpy(pre_activation)
+    if z.size == 0:
+        raise ValueError("expected a non-empty tensor of pre-activations, got 0 entries")
     if activation == "tanh":
         flat = np.abs(np.tanh(z)) > 1.0 - tol
     else:
-        s = 1.0 / (1.0 + np.exp(-z))
+        s = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow in exp
         flat = (s < tol) | (s > 1.0 - tol)
     return float(flat.mean())
 
 
-def train_tracking_percentiles(
-    model: nn.Module,
-    watch: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    probe: torch.Tensor,
-    steps: int,
-    lr: float,
-    batch_size: int = 64,
-    record_every: int = 10,
-    q: Sequence[float] = (15, 50, 85),
-    units: Sequence[int] | None = None,
-    generator: torch.Generator | None = None,
-) -> dict[str, np.ndarray]:
-    """Train ``model`` with plain SGD on cross-entropy; watch one module's output.
+class PercentileTracker:
+    """``on_step`` callback for :func:`bncourse.training.train`: per-unit percentiles of one layer.
 
-    Every ``record_every`` steps (and before the first), the fixed ``probe``
-    batch goes through the model with gradients off, and the percentiles
-    ``q`` of ``watch``'s output on it are stored, per unit: for unit ``j``
-    they summarize the ``P`` values ``out[:, j]`` over the probe examples, the
-    distribution that the next layer sees on its ``j``-th input. Using the
-    same probe every time means a change in the percentiles comes from the
+    Every ``every`` updates (and at step 0) the fixed ``probe`` batch goes
+    through the model via :func:`bncourse.training.record_activations` (which
+    leaves the model untouched), and for each unit ``j`` of ``module``'s input
+    (or output) of shape ``(P, H)`` the percentiles ``q`` of the ``P`` values
+    in column ``j`` are stored: the distribution that unit takes over the
+    probe examples. With the same probe every time, any change comes from the
     weights, not from a different sample.
 
+    Attributes:
+        steps: list of the steps measured.
+        values: list of ``(H, len(q))`` arrays, one per measured step.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        probe: torch.Tensor,
+        every: int = 10,
+        q: Sequence[float] = (15, 50, 85),
+        what: str = "input",
+        train_mode: bool = False,
+    ) -> None:
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"expected an nn.Module to watch, got {type(module).__name__}")
+        if not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"expected every to be a positive int, got {every!r}")
+        if what not in _WHAT:
+            raise ValueError(f"expected what='input' or 'output', got {what!r}")
+        self.module, self.probe, self.every = module, probe, int(every)
+        self.q = _check_q(q)
+        self.what, self.train_mode = what, train_mode
+        self.steps: list[int] = []
+        self.values: list[np.ndarray] = []
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        if step % self.every:
+            return
+        a = record_activations(model, self.module, self.probe, train_mode=self.train_mode, what=self.what)
+        if a.ndim != 2:
+            raise ValueError(f"expected the watched tensor to be (P, H), got shape {tuple(a.shape)}")
+        self.steps.append(int(step))
+        self.values.append(np.percentile(_as_numpy(a), self.q, axis=0).T)
+
+    def percentiles(self) -> np.ndarray:
+        """All measurements stacked: shape ``(T, H, len(q))`` for ``T`` measured steps."""
+        if not self.values:
+            raise ValueError("expected at least one measurement, got none (was the tracker called?)")
+        return np.stack(self.values)
+
+
+def drift_summary(percentiles: np.ndarray, q: Sequence[float]) -> dict[str, np.ndarray]:
+    """How far each unit's distribution moved between the first and the last measurement.
+
+    Distances are in units of the unit's initial spread, the distance between
+    its outermost percentiles ``q[0]`` and ``q[-1]`` at the first measurement,
+    so "moved by 0.5" means half the width of its initial distribution.
+
     Args:
-        model: maps ``(N, D)`` to logits ``(N, K)``; it is trained in place.
-        watch: a submodule of ``model`` whose output is tracked.
-        x: training inputs ``(N, D)`` float32; y: labels ``(N,)`` int64 in ``[0, K)``.
-        probe: inputs ``(P, D)`` used only for the measurements.
-        steps: number of SGD steps; each uses a random mini-batch of ``batch_size``.
-        lr: learning rate of the SGD step.
-        record_every: steps between measurements.
-        q: percentiles in [0, 100].
-        units: indices of the output units (columns of ``watch``'s ``(P, H)``
-            output) to track; ``None`` tracks all ``H``.
-        generator: torch generator for the mini-batch sampling.
+        percentiles: shape ``(T, H, len(q))``, as :meth:`PercentileTracker.percentiles`.
+        q: sorted percentile levels containing 50.
 
     Returns:
-        dict with ``"step"`` ``(T,)``, ``"percentiles"`` ``(T, U, len(q))`` for
-        the ``U`` tracked units, ``"units"`` ``(U,)``, ``"loss"`` ``(steps,)``
-        (the mini-batch losses) and ``"q"`` ``(len(q),)``.
+        dict of ``(H,)`` arrays: ``"median_shift"`` = ``|median_T - median_0| /
+        spread_0``, ``"spread_ratio"`` = ``spread_T / spread_0``, and
+        ``"spread0"`` = ``spread_0``.
     """
-    if not isinstance(watch, nn.Module) or not any(m is watch for m in model.modules()):
-        raise ValueError("expected watch to be a submodule of model")
-    if x.ndim != 2 or y.shape != (x.shape[0],):
+    q_list = [float(v) for v in _check_q(q)]
+    p = np.asarray(percentiles, dtype=np.float64)
+    if p.ndim != 3 or p.shape[2] != len(q_list) or p.shape[0] < 2:
         raise ValueError(
-            f"expected x of shape (N, D) and y of shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}"
+            f"expected percentiles of shape (T >= 2, H, {len(q_list)}), got shape {p.shape}"
         )
-    for name, v in (("steps", steps), ("batch_size", batch_size), ("record_every", record_every)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"expected {name} to be a positive int, got {v!r}")
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
-    recorded_steps: list[int] = []
-    recorded: list[np.ndarray] = []
-    losses = np.empty(steps)
-
-    q_arr = _check_q(q)
-
-    def measure(step: int) -> None:
-        out = record_activations(model, probe, {"watch": watch})["watch"]
-        if out.ndim != 2:
-            raise ValueError(f"expected watch to output (P, H), got shape {tuple(out.shape)}")
-        recorded_steps.append(step)
-        # Percentiles over the probe examples, one row per unit: (H, len(q)).
-        recorded.append(np.percentile(_as_numpy(out), q_arr, axis=0).T)
-
-    measure(0)
-    width = recorded[0].shape[0]
-    cols = np.arange(width) if units is None else np.asarray(units, dtype=np.int64)
-    if cols.ndim != 1 or cols.size == 0 or cols.min() < 0 or cols.max() >= width:
-        raise ValueError(f"expected unit indices in [0, {width}), got {np.asarray(units).tolist()}")
-    for step in range(1, steps + 1):
-        idx = torch.randint(0, x.shape[0], (batch_size,), generator=generator)
-        loss = loss_fn(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses[step - 1] = loss.item()
-        if step % record_every == 0:
-            measure(step)
+    if 50.0 not in q_list or q_list != sorted(q_list):
+        raise ValueError(f"expected sorted percentile levels containing 50, got {q_list}")
+    mid = q_list.index(50.0)
+    spread0 = p[0, :, -1] - p[0, :, 0]
+    if np.any(spread0 <= 0):
+        raise ValueError("expected every unit to have a positive initial spread, got a constant unit")
     return {
-        "step": np.asarray(recorded_steps),
-        "percentiles": np.stack(recorded)[:, cols, :],
-        "units": cols,
-        "loss": losses,
-        "q": q_arr,
+        "median_shift": np.abs(p[-1, :, mid] - p[0, :, mid]) / spread0,
+        "spread_ratio": (p[-1, :, -1] - p[-1, :, 0]) / spread0,
+        "spread0": spread0,
     }
 
 
