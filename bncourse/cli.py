@@ -1,0 +1,149 @@
+"""The ``bncourse`` command: exercises for students, grading for instructors.
+
+    bncourse check NOTEBOOK                 run an exercise notebook's public checks (students)
+    bncourse grade SUBMISSION... --out DIR  grade notebooks or directories of notebooks (instructors)
+    bncourse release                        regenerate book/exercises/ from solutions/
+    bncourse autograder-zip --out FILE      build a Gradescope autograder bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _paths():
+    from .grading.grader import default_paths
+
+    return default_paths()
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .grading.check import check_notebook
+
+    templates = Path(args.templates) if args.templates else _paths()["templates"]
+    return check_notebook(args.notebook, templates if templates.is_dir() else None, timeout=args.timeout)
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from .grading.release import release
+
+    paths = _paths()
+    solutions = Path(args.solutions) if args.solutions else paths["solutions"]
+    out = Path(args.out) if args.out else paths["templates"]
+    changed = release(solutions, out, check=args.check)
+    if args.check:
+        if changed:
+            print(f"out of date in {out}: {', '.join(changed)} (run `bncourse release`)", file=sys.stderr)
+            return 1
+        print(f"{out} is up to date with {solutions}", file=sys.stderr)
+        return 0
+    print(f"released {len(changed)} changed notebook(s) into {out}" + (f": {', '.join(changed)}" if changed else ""),
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from .grading.grader import Grader, collect_submissions, grade_batch
+    from .grading.sandbox import Limits, detect_sandbox
+
+    paths = _paths()
+    hidden = Path(args.hidden) if args.hidden else paths["hidden"]
+    templates = Path(args.templates) if args.templates else paths["templates"]
+    try:
+        submissions = collect_submissions(args.submissions)
+        sandbox = detect_sandbox(args.sandbox)
+        limits = Limits(timeout=args.timeout, memory_mb=args.memory_mb, output_bytes=args.max_output)
+        exercises = [e.strip() for e in args.exercises.split(",") if e.strip()] if args.exercises else None
+        grader = Grader(hidden, templates, sandbox, limits, seed=args.seed, visibility=args.visibility,
+                        exercises=exercises)
+    except ValueError as err:
+        print(f"bncourse grade: {err}", file=sys.stderr)
+        return 2
+    if sandbox.kind == "bwrap":
+        print("bncourse grade: sandbox: bubblewrap (no network, no course files, resource limits)",
+              file=sys.stderr)
+    else:
+        for warning in sandbox.warnings:
+            print(f"bncourse grade: WARNING: {warning}", file=sys.stderr)
+    rows = grade_batch(grader, submissions, Path(args.out), jobs=args.jobs, resume=not args.no_resume)
+    errors = [name for name, r in rows if r.get("extra_data", {}).get("bncourse", {}).get("internal_error")]
+    if errors:
+        print(f"bncourse grade: the grader failed on {len(errors)} submission(s): {', '.join(errors)}; "
+              "see their results.json", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_autograder_zip(args: argparse.Namespace) -> int:
+    from .grading.gradescope import build_autograder_zip
+
+    paths = _paths()
+    exercises = [e.strip() for e in args.exercises.split(",") if e.strip()] if args.exercises else None
+    try:
+        path = build_autograder_zip(Path(args.out), exercises=exercises,
+                                    hidden=Path(args.hidden) if args.hidden else paths["hidden"],
+                                    templates=Path(args.templates) if args.templates else paths["templates"])
+    except ValueError as err:
+        print(f"bncourse autograder-zip: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bncourse", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="run the public checks of an exercise notebook")
+    p.add_argument("notebook", help="your exercise notebook (.ipynb)")
+    p.add_argument("--templates", help="directory of the released notebooks (default: book/exercises)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up (default 120)")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("grade", help="grade submissions into Gradescope results.json files")
+    p.add_argument("submissions", nargs="+", help="notebooks, or directories of one student's notebooks")
+    p.add_argument("--out", required=True, help="results directory: <out>/<name>/results.json, <out>/grades.csv")
+    p.add_argument("--jobs", type=int, default=2, help="submissions graded in parallel (default 2)")
+    p.add_argument("--exercises", help="comma-separated exercise ids this assignment grades "
+                   "(default: what each notebook is; every exercise for a directory)")
+    p.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per exercise (default 10)")
+    p.add_argument("--memory-mb", type=int, default=1024, help="address-space limit in MB (default 1024)")
+    p.add_argument("--max-output", type=int, default=1_000_000, help="bytes of output allowed (default 1e6)")
+    p.add_argument("--sandbox", choices=["auto", "bwrap", "process"], default="auto",
+                   help="auto: bubblewrap if it works, else a limited process with a loud warning")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the hidden cases (default 0)")
+    p.add_argument("--visibility", default="visible",
+                   choices=["visible", "hidden", "after_due_date", "after_published"])
+    p.add_argument("--hidden", help="directory of the hidden cases (default: tests/hidden)")
+    p.add_argument("--templates", help="directory of the released notebooks (default: book/exercises)")
+    p.add_argument("--no-resume", action="store_true", help="regrade even if results.json exists")
+    p.set_defaults(func=_cmd_grade)
+
+    p = sub.add_parser("release", help="generate book/exercises/ from solutions/")
+    p.add_argument("--solutions", help="solution notebooks (default: solutions/)")
+    p.add_argument("--out", help="output directory (default: book/exercises/)")
+    p.add_argument("--check", action="store_true", help="only report whether the output is up to date")
+    p.set_defaults(func=_cmd_release)
+
+    p = sub.add_parser("autograder-zip", help="build a Gradescope autograder bundle")
+    p.add_argument("--out", default="autograder.zip", help="zip file to write (default autograder.zip)")
+    p.add_argument("--exercises", help="comma-separated exercise ids the Gradescope assignment grades "
+                   "(default: what each submitted notebook is)")
+    p.add_argument("--hidden", help="directory of the hidden cases (default: tests/hidden)")
+    p.add_argument("--templates", help="directory of the released notebooks (default: book/exercises)")
+    p.set_defaults(func=_cmd_autograder_zip)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Building submissions for the grading tests: solution/stub copies, mutants, hostile notebooks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from bncourse.grading.exercises import EXERCISES, get_exercise
+from bncourse.grading.grader import default_paths
+from bncourse.grading.notebooks import cell_role, cell_source
+from bncourse.grading.sandbox import Limits
+
+PATHS = default_paths()
+ROOT = PATHS["solutions"].parent
+# Short per-exercise timeouts keep the infinite-loop cases cheap; correct answers need ~0.1 s.
+TEST_LIMITS = Limits(timeout=4.0)
+
+
+def load(ex_id: str, version: str = "solutions") -> dict:
+    """A notebook as JSON: ``version`` is ``"solutions"`` or ``"templates"`` (the student version)."""
+    return json.loads((PATHS[version] / get_exercise(ex_id).notebook).read_text())
+
+
+def answer_source(ex_id: str) -> str:
+    nb = load(ex_id)
+    return "\n\n".join(cell_source(c) for c in nb["cells"] if cell_role(c)[0] == "answer")
+
+
+def with_answer(ex_id: str, code: str, version: str = "templates") -> dict:
+    """The notebook of ``ex_id`` with its (single) answer cell replaced by ``code``."""
+    nb = load(ex_id, version)
+    answers = [c for c in nb["cells"] if cell_role(c)[0] == "answer"]
+    assert len(answers) == 1, "these helpers assume one answer cell per exercise"
+    answers[0]["source"] = code
+    return nb
+
+
+def mutate(ex_id: str, replacements: list[tuple[str, str]]) -> dict:
+    """The solution notebook of ``ex_id`` with each ``old`` replaced by ``new`` in its answer cell.
+
+    Every ``old`` must occur in the answer, so a mutant can never silently be the solution.
+    """
+    code = answer_source(ex_id)
+    for old, new in replacements:
+        assert old in code, f"mutation target not found in {ex_id}: {old!r}"
+        code = code.replace(old, new)
+    assert code != answer_source(ex_id)
+    return with_answer(ex_id, code, version="solutions")
+
+
+def write_nb(path: Path, nb: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(nb, indent=1))
+    return path
+
+
+def full_directory(path: Path, overrides: dict[str, dict] | None = None) -> Path:
+    """A directory submission: every solution notebook, with some replaced by ``overrides``."""
+    path.mkdir(parents=True, exist_ok=True)
+    for ex in EXERCISES:
+        if overrides and ex.id in overrides:
+            write_nb(path / ex.notebook, overrides[ex.id])
+        else:
+            shutil.copyfile(PATHS["solutions"] / ex.notebook, path / ex.notebook)
+    return path
+
+
+def results_of(out: Path, name: str) -> dict:
+    return json.loads((out / name / "results.json").read_text())
+
+
+def exercise_scores(results: dict) -> dict[str, float]:
+    return {ex: v["score"] for ex, v in results["extra_data"]["bncourse"]["exercises"].items()}
+
+
+def all_outputs(results: dict) -> str:
+    return results["output"] + "\n" + "\n".join(t["output"] for t in results["tests"])

@@ -1,0 +1,106 @@
+"""Typical mistakes lose points on the right exercise and nowhere else.
+
+Each mutant is a solution notebook whose answer cell is changed by string
+replacement (every target must be present, see ``grading_helpers.mutate``),
+submitted together with the seven untouched solutions, in one batch.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bncourse.grading.exercises import EXERCISES
+from bncourse.grading.grader import collect_submissions, grade_batch
+
+from grading_helpers import exercise_scores, full_directory, mutate, results_of
+
+SPATIAL_FORWARD_BODY = """    axes = (0, 2, 3)
+    mean = x.mean(axis=axes, keepdims=True)
+    centered = x - mean
+    var = (centered * centered).mean(axis=axes, keepdims=True)
+    x_hat = centered / np.sqrt(var + eps)
+    return gamma.reshape(1, -1, 1, 1) * x_hat + beta.reshape(1, -1, 1, 1)"""
+
+LAYERNORM_BODY = """    rows = x.reshape(x.shape[0], -1)
+    mean = rows.mean(axis=1, keepdims=True)
+    centered = rows - mean
+    var = (centered * centered).mean(axis=1, keepdims=True)
+    x_hat = (centered / np.sqrt(var + eps)).reshape(x.shape)
+    return gamma * x_hat + beta"""
+
+# (name, exercise, [(old, new), ...])
+MUTANTS = [
+    ("unbiased variance in the normalization", "ex01",
+     [("var = (centered * centered).mean(axis=0)",
+       "var = (centered * centered).sum(axis=0) / (x.shape[0] - 1)")]),
+    ("eps missing", "ex01", [("np.sqrt(var + eps)", "np.sqrt(var)")]),
+    ("statistics over the wrong axis", "ex01",
+     [("mean = x.mean(axis=0)", "mean = x.mean(axis=1, keepdims=True)"),
+      ("var = (centered * centered).mean(axis=0)", "var = (centered * centered).mean(axis=1, keepdims=True)")]),
+    ("one-pass variance E[x^2] - E[x]^2", "ex01",
+     [("var = (centered * centered).mean(axis=0)", "var = (x * x).mean(axis=0) - mean * mean")]),
+    ("flipped momentum convention (Keras-style)", "ex02",
+     [("new_mean = (1 - momentum) * running_mean + momentum * batch_mean",
+       "new_mean = momentum * running_mean + (1 - momentum) * batch_mean"),
+      ("new_var = (1 - momentum) * running_var + momentum * unbiased_var",
+       "new_var = momentum * running_var + (1 - momentum) * unbiased_var")]),
+    ("biased variance in the running estimate", "ex02",
+     [("unbiased_var = (centered * centered).sum(axis=0) / (n - 1)",
+       "unbiased_var = (centered * centered).sum(axis=0) / n")]),
+    ("batch statistics in evaluation mode", "ex02",
+     [("return gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta",
+       "return gamma * (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + eps) + beta")]),
+    ("backward forgets the path from xc through var", "ex03",
+     [("dxc = dxhat * istd + dvar * 2.0 * xc / n", "dxc = dxhat * istd")]),
+    ("backward missing the mean term", "ex04",
+     [("(n * dout - dbeta - x_hat * dgamma)", "(n * dout - x_hat * dgamma)")]),
+    ("spatial: reshape to (N*H*W, C) without moving the channel axis", "ex05",
+     [(SPATIAL_FORWARD_BODY,
+       "    c = x.shape[1]\n    flat = x.reshape(-1, c)\n"
+       "    x_hat = (flat - flat.mean(axis=0)) / np.sqrt(flat.var(axis=0) + eps)\n"
+       "    return (gamma * x_hat + beta).reshape(x.shape)")]),
+    ("spatial: statistics per pixel (over the batch axis only)", "ex05",
+     [("axes = (0, 2, 3)", "axes = (0,)")]),
+    ("layer norm over the batch axis", "ex06",
+     [(LAYERNORM_BODY,
+       "    mean = x.mean(axis=0, keepdims=True)\n    var = x.var(axis=0, keepdims=True)\n"
+       "    return gamma * (x - mean) / np.sqrt(var + eps) + beta")]),
+    ("group norm normalizing each channel (instance norm)", "ex06",
+     [("rows = x.reshape(n * num_groups, -1)", "rows = x.reshape(n * c, -1)")]),
+    ("BatchNorm1d stores the biased running variance", "ex07",
+     [("f * var * m / (m - 1)", "f * var")]),
+    ("BatchNorm1d uses batch statistics in eval mode", "ex07",
+     [("if self.training or not self.track_running_stats:", "if True:")]),
+    ("BatchNorm1d ignores momentum=None", "ex07", [("f = 1.0 / self.num_batches_tracked", "f = 0.1")]),
+    ("fold forgets the running mean in the bias", "ex08",
+     [("(bias - running_mean) * scale + beta", "bias * scale + beta")]),
+    ("fold scales the columns of the weight", "ex08", [("weight * scale[:, None]", "weight * scale[None, :]")]),
+]
+
+
+@pytest.fixture(scope="module")
+def graded(dir_grader, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mutants")
+    paths = []
+    for k, (_, ex_id, replacements) in enumerate(MUTANTS):
+        paths.append(full_directory(root / "subs" / f"mutant{k:02d}", {ex_id: mutate(ex_id, replacements)}))
+    out = root / "out"
+    grade_batch(dir_grader, collect_submissions(paths), out, jobs=2, progress=None)
+    return {name: results_of(out, f"mutant{k:02d}") for k, (name, _, _) in enumerate(MUTANTS)}
+
+
+def test_at_least_ten_mistakes_cover_every_exercise():
+    assert len(MUTANTS) >= 10
+    assert {ex for _, ex, _ in MUTANTS} == {ex.id for ex in EXERCISES}
+
+
+@pytest.mark.parametrize("name, ex_id", [(m[0], m[1]) for m in MUTANTS], ids=[m[0] for m in MUTANTS])
+def test_mistake_loses_points_on_its_exercise_only(graded, name, ex_id):
+    results = graded[name]
+    scores = exercise_scores(results)
+    assert scores[ex_id] < 10.0, f"{name!r} kept all points: {results['output']}"
+    others = {ex: s for ex, s in scores.items() if ex != ex_id}
+    assert all(s == 10.0 for s in others.values()), f"{name!r} cost points elsewhere: {others}"
+    failed = [t for t in results["tests"] if t["score"] < t["max_score"]]
+    assert failed and all(t["number"].startswith(f"{int(ex_id[2:])}.") for t in failed)
+    assert all(t["output"] and t["output"] != "passed" for t in failed)

@@ -1,0 +1,47 @@
+"""Hidden cases for Exercise 1: batchnorm_forward(x, gamma, beta, eps) -> (out, cache)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bncourse.functional import batchnorm_forward
+from bncourse.grading.spec import Case, call, expect
+
+from _common import affine, dims, sample
+
+
+def _case(name, points, x, gamma, beta, eps=None, **kw):
+    args = (x, gamma, beta) if eps is None else (x, gamma, beta, float(eps))
+    ref, _ = batchnorm_forward(*(a.astype(np.float64) for a in (x, gamma, beta)),
+                               eps=1e-5 if eps is None else eps)
+    return Case(name, points, [call("batchnorm_forward", *args, store=("out", None))],
+                {"out": expect(ref, dtype=x.dtype, **kw)})
+
+
+def cases(rng: np.random.Generator) -> list[Case]:
+    out = []
+    n, d = dims(rng, 4, 32), dims(rng, 2, 10)
+    x = sample(rng, (n, d), np.float64, loc=rng.normal(size=d), scale=rng.uniform(0.5, 3, size=d))
+    out.append(_case(f"float64, random shape N={n}, D={d}", 2, x, *affine(rng, (d,), np.float64)))
+    n, d = dims(rng, 4, 32), dims(rng, 2, 10)
+    x = sample(rng, (n, d), np.float32, loc=rng.normal(size=d), scale=rng.uniform(0.5, 3, size=d))
+    out.append(_case(f"float32, random shape N={n}, D={d}", 2, x, *affine(rng, (d,), np.float32)))
+    d = dims(rng, 2, 6)
+    out.append(_case(f"a batch of two examples (N=2, D={d})", 1,
+                     sample(rng, (2, d), np.float64, scale=2.0), *affine(rng, (d,), np.float64)))
+    n, d = dims(rng, 3, 10), dims(rng, 2, 5)
+    x = sample(rng, (n, d), np.float64)
+    x[:, rng.integers(d)] = rng.normal()
+    out.append(_case("a feature that is constant across the batch (needs eps)", 2, x,
+                     *affine(rng, (d,), np.float64)))
+    n, d = dims(rng, 16, 64), dims(rng, 2, 5)
+    x = sample(rng, (n, d), np.float32, loc=1000.0, scale=1.0)
+    out.append(_case("float32 with a large offset (mean 1000, std 1): two-pass variance", 1, x,
+                     *affine(rng, (d,), np.float32), rtol=1e-3, atol=2e-3))
+    n, d = dims(rng, 4, 16), dims(rng, 2, 6)
+    x = sample(rng, (n, d), np.float64, scale=0.5)
+    out.append(_case("eps=0.3 passed explicitly", 1, x, *affine(rng, (d,), np.float64), eps=0.3))
+    n, d = dims(rng, 64, 200), dims(rng, 8, 20)
+    x = sample(rng, (n, d), np.float64, loc=-3.0, scale=rng.uniform(0.1, 5, size=d))
+    out.append(_case(f"float64, larger batch N={n}, D={d}", 1, x, *affine(rng, (d,), np.float64)))
+    return out
