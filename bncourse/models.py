@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import nn as bnn  # the course's from-scratch torch layers (torch.nn's signatures)
+
 __all__ = ["NORMS", "ACTIVATIONS", "activation_modules", "mlp", "norm_layer", "small_cnn"]
 
 NORMS = (None, "bn", "ln", "gn")
@@ -44,11 +46,6 @@ def norm_layer(kind: str, num_features: int, *, dims: int = 1, num_groups: int |
         A module from ``bncourse.nn`` (the from-scratch torch layers, with torch's
         constructor signatures).
     """
-    try:  # TEMPORARY until bncourse/nn.py lands: fall back to torch's layers
-        from . import nn as bnn  # the from-scratch torch layers
-    except ImportError:
-        bnn = nn
-
     if dims not in (1, 2):
         raise ValueError(f"expected dims 1 (N, C) or 2 (N, C, H, W), got {dims!r}")
     if not isinstance(num_features, int) or num_features < 1:

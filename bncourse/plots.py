@@ -1,14 +1,19 @@
-"""Plotting helpers for the course's figures (matplotlib)."""
+"""Plotting helpers for the course's figures (matplotlib); every function returns its Axes.
 
+Experiment curves: ``plot_curves`` (a metric over training, mean and band over seeds),
+``plot_sweep`` (an outcome against a swept hyper-parameter) and ``plot_percentiles``
+(low/median/high percentiles of a quantity over training, as in the paper's Figure 1).
+A History is ``bncourse.training.History``.
+"""
 
-# --- Experiment curves (training histories, sweeps, percentile bands) -----------------
-# Used by the "Experiments" chapters; a History is bncourse.training.History.
+from __future__ import annotations
 
-from collections.abc import Mapping as _Mapping
-from collections.abc import Sequence as _Sequence
+from collections.abc import Mapping, Sequence
 
-import matplotlib.pyplot as _plt
-import numpy as _np
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = ["plot_curves", "plot_percentiles", "plot_sweep"]
 
 _METRIC_LABELS = {
     "test_accuracy": "test accuracy",
@@ -18,27 +23,27 @@ _METRIC_LABELS = {
 
 
 def _axes(ax):
-    return _plt.subplots(figsize=(6, 4))[1] if ax is None else ax
+    return plt.subplots(figsize=(6, 4))[1] if ax is None else ax
 
 
-def _band(values: _np.ndarray, band: str) -> tuple[_np.ndarray, _np.ndarray, _np.ndarray]:
+def _band(values: np.ndarray, band: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and lower/upper band over axis 0 of (n_runs, T) values ("minmax" or "std")."""
-    mean = _np.nanmean(values, axis=0)
+    mean = np.nanmean(values, axis=0)
     if band == "minmax":
-        return mean, _np.nanmin(values, axis=0), _np.nanmax(values, axis=0)
+        return mean, np.nanmin(values, axis=0), np.nanmax(values, axis=0)
     if band == "std":
-        std = _np.nanstd(values, axis=0)
+        std = np.nanstd(values, axis=0)
         return mean, mean - std, mean + std
     raise ValueError(f"expected band 'minmax' or 'std', got {band!r}")
 
 
 def plot_curves(
-    histories: _Mapping[str, _Sequence],
+    histories: Mapping[str, Sequence],
     metric: str = "test_accuracy",
     ax=None,
     title: str | None = None,
     band: str = "minmax",
-    colors: _Mapping[str, str] | None = None,
+    colors: Mapping[str, str] | None = None,
 ):
     """Plot ``metric`` over training steps: the mean over seeds and a shaded band.
 
@@ -62,8 +67,8 @@ def plot_curves(
         if not runs:
             raise ValueError(f"expected at least one History for {label!r}, got none")
         length = min(len(h.step) for h in runs)
-        steps = _np.asarray(runs[0].step[:length])
-        values = _np.array([getattr(h, metric)[:length] for h in runs], dtype=float)
+        steps = np.asarray(runs[0].step[:length])
+        values = np.array([getattr(h, metric)[:length] for h in runs], dtype=float)
         mean, lo, hi = _band(values, band)
         color = None if colors is None else colors.get(label)
         n = len(runs)
@@ -80,8 +85,8 @@ def plot_curves(
 
 
 def plot_sweep(
-    xs: _Sequence[float],
-    results: _Mapping[str, _np.ndarray],
+    xs: Sequence[float],
+    results: Mapping[str, np.ndarray],
     ax=None,
     *,
     xlabel: str,
@@ -89,7 +94,7 @@ def plot_sweep(
     title: str | None = None,
     logx: bool = True,
     band: str = "minmax",
-    colors: _Mapping[str, str] | None = None,
+    colors: Mapping[str, str] | None = None,
 ):
     """Plot a hyper-parameter sweep: mean over seeds with a band, one line per label.
 
@@ -101,16 +106,17 @@ def plot_sweep(
     Returns:
         The matplotlib Axes.
     """
-    xs = _np.asarray(xs, dtype=float)
+    xs = np.asarray(xs, dtype=float)
     ax = _axes(ax)
     for label, values in results.items():
-        values = _np.atleast_2d(_np.asarray(values, dtype=float))
+        values = np.atleast_2d(np.asarray(values, dtype=float))
         if values.shape[1] != len(xs):
             raise ValueError(f"expected results[{label!r}] of shape (n_seeds, {len(xs)}), got {values.shape}")
         mean, lo, hi = _band(values, band)
         color = None if colors is None else colors.get(label)
-        line = ax.plot(xs, mean, marker="o", label=label, color=color)[0]
-        if len(values) > 1:
+        n = len(values)
+        line = ax.plot(xs, mean, marker="o", label=f"{label} (mean of {n})" if n > 1 else label, color=color)[0]
+        if n > 1:
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     if logx:
         ax.set_xscale("log")
@@ -123,7 +129,7 @@ def plot_sweep(
     return ax
 
 
-def plot_percentiles(steps: _Sequence[int], percentiles: _np.ndarray, label: str | None = None, ax=None, color=None):
+def plot_percentiles(steps: Sequence[int], percentiles: np.ndarray, label: str | None = None, ax=None, color=None):
     """Plot low/median/high percentiles of a quantity over training (the paper's Fig. 1b,c).
 
     Args:
@@ -135,8 +141,8 @@ def plot_percentiles(steps: _Sequence[int], percentiles: _np.ndarray, label: str
     Returns:
         The matplotlib Axes (axis labels are left to the caller: only it knows the quantity).
     """
-    steps = _np.asarray(steps)
-    p = _np.asarray(percentiles, dtype=float)
+    steps = np.asarray(steps)
+    p = np.asarray(percentiles, dtype=float)
     if p.ndim != 2 or p.shape != (len(steps), 3):
         raise ValueError(f"expected percentiles of shape ({len(steps)}, 3), got {p.shape}")
     ax = _axes(ax)

@@ -11,7 +11,8 @@ instead of crashing. ``on_step(step, model)`` lets a chapter record anything it 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +21,7 @@ from torch.nn import functional as F
 
 from .data import DigitsSplit
 
-__all__ = ["History", "evaluate", "record_activations", "train"]
+__all__ = ["History", "evaluate", "record_activations", "train", "train_seeds", "weight_grad_norms"]
 
 
 @dataclass
@@ -89,6 +90,25 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss, correct.float().mean().item()
 
 
+@contextmanager
+def _leaves_no_trace(model: nn.Module, train_mode: bool) -> Iterator[None]:
+    """Run a block in the given mode, then restore the mode and every buffer.
+
+    A forward pass in training mode updates BN's running statistics; restoring the
+    buffers makes a measurement invisible to the training it observes.
+    """
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    was_training = model.training
+    model.train(train_mode)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(saved[name])
+
+
 @torch.no_grad()
 def record_activations(
     model: nn.Module, module: nn.Module, x: torch.Tensor, *, train_mode: bool = False, what: str = "input"
@@ -116,18 +136,37 @@ def record_activations(
     def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         captured.append((inputs[0] if what == "input" else output).detach().clone())
 
-    saved = {name: b.clone() for name, b in model.named_buffers()}
-    was_training = model.training
     handle = module.register_forward_hook(hook)
     try:
-        model.train(train_mode)
-        model(x)
+        with _leaves_no_trace(model, train_mode):
+            model(x)
     finally:
         handle.remove()
-        model.train(was_training)
-        for name, b in model.named_buffers():
-            b.copy_(saved[name])
     return captured[0]
+
+
+def weight_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """The L2 norm of the cross-entropy gradient of each Linear/Conv weight, on one batch.
+
+    The forward pass runs in training mode (BN normalizes with this batch's statistics,
+    as in a training step); the model's mode, buffers and ``.grad`` fields are left as
+    they were, so this can be called from ``on_step``.
+
+    Args:
+        x: a batch of inputs, shape (N, ...); y: int64 labels, shape (N,).
+
+    Returns:
+        Layer name -> gradient norm, in forward order (e.g. {"fc1": ..., "out": ...}).
+    """
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not layers:
+        raise ValueError(f"expected a model with Linear or Conv2d layers, got {type(model).__name__} without any")
+    weights = [m.weight for _, m in layers]
+    with _leaves_no_trace(model, train_mode=True):
+        loss = F.cross_entropy(model(x), y)
+        # autograd.grad returns the gradients without accumulating into .grad.
+        grads = torch.autograd.grad(loss, weights)
+    return {name: g.norm().item() for (name, _), g in zip(layers, grads)}
 
 
 def _make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float):
@@ -236,3 +275,17 @@ def train(
                 measure(step, sum(losses) / len(losses))
                 losses = []
     return history
+
+
+def train_seeds(
+    build: Callable[[int], nn.Module], data: DigitsSplit, seeds: Iterable[int] = (0, 1, 2), **kwargs
+) -> list[History]:
+    """Train a fresh ``build(seed)`` model for each seed; ``kwargs`` go to ``train``.
+
+    The seed sets both the initial weights (through ``build``) and the mini-batch order,
+    so the spread over seeds shows how much a result depends on luck.
+
+    Example:
+        ``train_seeds(lambda s: mlp(norm="bn", seed=s), data, steps=300, lr=0.1)``
+    """
+    return [train(build(seed), data, seed=seed, **kwargs) for seed in seeds]
