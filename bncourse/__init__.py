@@ -13,6 +13,22 @@ from .layers import BatchNorm1d, BatchNorm2d
 
 __version__ = "0.1.0"
 
+# Submodules that need torch, matplotlib or scikit-learn load on first use, so
+# `import bncourse` stays light (the NumPy core needs only NumPy) while
+# `bncourse.nn.BatchNorm1d` and friends still work after a plain `import bncourse`.
+_LAZY_SUBMODULES = {
+    "nn", "fold", "data", "models", "training", "plots", "recording",
+    "activations", "activation_plots", "experiments", "bench", "keras_compat", "grading",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",

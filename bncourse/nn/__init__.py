@@ -1,0 +1,33 @@
+"""``bncourse.nn``: normalization layers for PyTorch, written from scratch.
+
+Drop-in replacements for ``torch.nn.BatchNorm1d/2d/3d``, ``LayerNorm`` and
+``GroupNorm`` whose backward passes are the hand-derived compact formulas
+(``torch.autograd.Function``), a naive autograd version for comparison, and
+:func:`replace_batchnorm` to put the course's layer into any torch model.
+"""
+
+from .batchnorm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    BatchNormFunction,
+    batch_norm,
+)
+from .convert import replace_batchnorm
+from .naive import naive_batchnorm
+from .norms import GroupNorm, LayerNorm, RowNormFunction, group_norm, layer_norm
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "BatchNormFunction",
+    "GroupNorm",
+    "LayerNorm",
+    "RowNormFunction",
+    "batch_norm",
+    "group_norm",
+    "layer_norm",
+    "naive_batchnorm",
+    "replace_batchnorm",
+]
