@@ -16,68 +16,12 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 from torch import nn
 
+from .functional import fold_batchnorm_arrays
+
 __all__ = ["fold_batchnorm", "fold_batchnorm_arrays"]
-
-
-def fold_batchnorm_arrays(
-    weight: np.ndarray,
-    bias: np.ndarray | None,
-    running_mean: np.ndarray,
-    running_var: np.ndarray,
-    gamma: np.ndarray | None = None,
-    beta: np.ndarray | None = None,
-    eps: float = 1e-5,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fold an eval-mode batch norm into the weight and bias of the layer before it.
-
-    Args:
-        weight: the layer's weight, output channels first: ``(C, D)`` for a
-            Linear layer, ``(C, C_in / groups, kH, kW)`` for a Conv2d, and so on.
-        bias: the layer's bias ``(C,)``, or ``None`` for a layer without one.
-        running_mean, running_var: the batch norm's statistics, ``(C,)``.
-        gamma, beta: its scale and shift ``(C,)``; ``None`` means 1 and 0
-            (``affine=False``).
-        eps: its epsilon.
-
-    Returns:
-        ``(folded_weight, folded_bias)`` with the shapes of ``weight`` and ``(C,)``.
-    """
-    weight = np.asarray(weight)
-    if weight.ndim < 2:
-        raise ValueError(
-            "expected a weight with output channels on axis 0 and >= 2 axes, "
-            f"got shape {weight.shape}"
-        )
-    c = weight.shape[0]
-    vectors = {
-        "bias": bias,
-        "running_mean": running_mean,
-        "running_var": running_var,
-        "gamma": gamma,
-        "beta": beta,
-    }
-    for name, v in vectors.items():
-        if v is not None and np.shape(v) != (c,):
-            raise ValueError(
-                f"expected {name} of shape ({c},) to match the {c} output channels of "
-                f"weight {weight.shape}, got shape {np.shape(v)}"
-            )
-    scale = 1.0 / np.sqrt(np.asarray(running_var) + eps)
-    if gamma is not None:
-        scale = np.asarray(gamma) * scale
-    b = np.zeros(c, weight.dtype) if bias is None else np.asarray(bias)
-    shift = (
-        -scale * np.asarray(running_mean)
-        if beta is None
-        else np.asarray(beta) - scale * running_mean
-    )
-    folded_w = weight * scale.reshape((c,) + (1,) * (weight.ndim - 1))
-    folded_b = scale * b + shift
-    return folded_w.astype(weight.dtype, copy=False), folded_b.astype(weight.dtype, copy=False)
 
 
 _FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

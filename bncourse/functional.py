@@ -29,6 +29,7 @@ __all__ = [
     "layernorm_backward",
     "groupnorm_forward",
     "groupnorm_backward",
+    "fold_batchnorm_arrays",
 ]
 
 
@@ -72,6 +73,22 @@ def _check_input(x: np.ndarray, name: str = "x") -> None:
         )
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"expected {name} to have a floating dtype, got {x.dtype}")
+
+
+def check_layer_input(
+    layer: str, shape: tuple[int, ...], accepted_ndims: tuple[int, ...], layout: str, num_features: int
+) -> None:
+    """The rank and channel checks every batch-norm layer makes, NumPy or torch alike.
+
+    ``layer`` names the layer in the message, ``layout`` describes the accepted
+    ranks (e.g. ``"2-D (N, C) or 3-D (N, C, L)"``). Raises ``ValueError``.
+    """
+    if len(shape) not in accepted_ndims:
+        raise ValueError(f"{layer} expected {layout} input, got {len(shape)}-D input of shape {tuple(shape)}")
+    if shape[1] != num_features:
+        raise ValueError(
+            f"{layer} expected {num_features} channels on axis 1, got {shape[1]} (input shape {tuple(shape)})"
+        )
 
 
 def _check_per_channel(v: np.ndarray, name: str, num_channels: int) -> np.ndarray:
@@ -401,3 +418,63 @@ def _check_norm_backward(dout: np.ndarray, cache: NormCache) -> np.ndarray:
             f"expected dout of shape {cache.x_hat.shape} (the forward input's shape), got shape {dout.shape}"
         )
     return cache.x_hat
+
+
+# -- Inference: folding BN into the layer before it ------------------------
+
+
+def fold_batchnorm_arrays(
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold an eval-mode batch norm into the weight and bias of the layer before it.
+
+    Args:
+        weight: the layer's weight, output channels first: ``(C, D)`` for a
+            Linear layer, ``(C, C_in / groups, kH, kW)`` for a Conv2d, and so on.
+        bias: the layer's bias ``(C,)``, or ``None`` for a layer without one.
+        running_mean, running_var: the batch norm's statistics, ``(C,)``.
+        gamma, beta: its scale and shift ``(C,)``; ``None`` means 1 and 0
+            (``affine=False``).
+        eps: its epsilon.
+
+    Returns:
+        ``(folded_weight, folded_bias)`` with the shapes of ``weight`` and ``(C,)``.
+    """
+    weight = np.asarray(weight)
+    if weight.ndim < 2:
+        raise ValueError(
+            "expected a weight with output channels on axis 0 and >= 2 axes, "
+            f"got shape {weight.shape}"
+        )
+    c = weight.shape[0]
+    vectors = {
+        "bias": bias,
+        "running_mean": running_mean,
+        "running_var": running_var,
+        "gamma": gamma,
+        "beta": beta,
+    }
+    for name, v in vectors.items():
+        if v is not None and np.shape(v) != (c,):
+            raise ValueError(
+                f"expected {name} of shape ({c},) to match the {c} output channels of "
+                f"weight {weight.shape}, got shape {np.shape(v)}"
+            )
+    scale = 1.0 / np.sqrt(np.asarray(running_var) + eps)
+    if gamma is not None:
+        scale = np.asarray(gamma) * scale
+    b = np.zeros(c, weight.dtype) if bias is None else np.asarray(bias)
+    shift = (
+        -scale * np.asarray(running_mean)
+        if beta is None
+        else np.asarray(beta) - scale * running_mean
+    )
+    folded_w = weight * scale.reshape((c,) + (1,) * (weight.ndim - 1))
+    folded_b = scale * b + shift
+    return folded_w.astype(weight.dtype, copy=False), folded_b.astype(weight.dtype, copy=False)

@@ -19,6 +19,7 @@ from .functional import (
     batchnorm_backward,
     batchnorm_forward,
     channel_shape,
+    check_layer_input,
     reduction_axes,
 )
 
@@ -196,16 +197,7 @@ class _BatchNorm:
             raise ValueError(f"expected a numpy array, got {type(x).__name__}")
         if not np.issubdtype(x.dtype, np.floating):
             raise ValueError(f"{type(self).__name__} expected a floating-point input, got dtype {x.dtype}")
-        if x.ndim not in self._accepted_ndims:
-            raise ValueError(
-                f"{type(self).__name__} expected {self._expected_layout} input, "
-                f"got {x.ndim}-D input of shape {x.shape}"
-            )
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"{type(self).__name__} expected {self.num_features} channels on axis 1, "
-                f"got {x.shape[1]} (input shape {x.shape})"
-            )
+        check_layer_input(type(self).__name__, x.shape, self._accepted_ndims, self._expected_layout, self.num_features)
 
     def __repr__(self) -> str:
         return (

@@ -243,7 +243,7 @@ def test_wrong_rank_raises_like_torch(cls, shape):
     x = torch.randn(shape)
     with pytest.raises(ValueError, match="expected"):
         torch_cls(3)(x)
-    with pytest.raises(ValueError, match=r"expected .*got \dD input"):
+    with pytest.raises(ValueError, match=r"expected .*got \d-D input"):
         cls(3)(x)
 
 

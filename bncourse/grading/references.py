@@ -14,7 +14,6 @@ __all__ = [
     "GRAPH_NODES",
     "batchnorm_graph_gradients",
     "running_stats_update",
-    "fold_batchnorm_linear",
 ]
 
 #: The nodes of the training-mode graph, in forward order, whose gradients Exercise 3 returns.
@@ -79,41 +78,3 @@ def running_stats_update(
     new_mean = (1.0 - m) * np.asarray(running_mean, np.float64) + m * mean
     new_var = (1.0 - m) * np.asarray(running_var, np.float64) + m * unbiased
     return new_mean, new_var
-
-
-def fold_batchnorm_linear(
-    weight: np.ndarray,
-    bias: np.ndarray | None,
-    running_mean: np.ndarray,
-    running_var: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    eps: float = 1e-5,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fold an evaluation-mode BN into the linear layer before it.
-
-    The linear layer is ``y = x @ weight.T + bias`` (``weight`` of shape
-    ``(out, in)``, ``bias`` of shape ``(out,)`` or ``None`` for no bias), and BN
-    in evaluation mode is a per-feature affine map
-    ``gamma * (y - running_mean) / sqrt(running_var + eps) + beta``. Their
-    composition is one linear layer with ``weight' = scale[:, None] * weight``
-    and ``bias' = scale * (bias - running_mean) + beta``, ``scale = gamma / sqrt(running_var + eps)``.
-    Returns float64 ``(weight', bias')``.
-    """
-    weight = np.asarray(weight, dtype=np.float64)
-    if weight.ndim != 2:
-        raise ValueError(f"expected weight of shape (out, in), got shape {weight.shape}")
-    out_features = weight.shape[0]
-    b = np.zeros(out_features) if bias is None else np.asarray(bias, dtype=np.float64)
-    vectors = {"bias": b, "running_mean": running_mean, "running_var": running_var,
-               "gamma": gamma, "beta": beta}
-    for name, v in vectors.items():
-        if np.shape(v) != (out_features,):
-            raise ValueError(
-                f"expected {name} of shape ({out_features},) to match weight's {out_features} "
-                f"output features, got shape {np.shape(v)}"
-            )
-    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(running_var, np.float64) + eps)
-    return scale[:, None] * weight, scale * (b - np.asarray(running_mean, np.float64)) + np.asarray(
-        beta, np.float64
-    )

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from ..functional import check_layer_input
+
 __all__ = [
     "BatchNormFunction",
     "batch_norm",
@@ -330,16 +332,7 @@ class _BatchNorm(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise ValueError(f"expected a torch.Tensor input, got {type(x).__name__}")
-        if x.dim() not in self._accepted_dims:
-            raise ValueError(
-                f"{type(self).__name__} expected {self._layout_name} input, "
-                f"got {x.dim()}D input of shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"{type(self).__name__} expected {self.num_features} channels on axis 1, "
-                f"got {x.shape[1]} (input shape {tuple(x.shape)})"
-            )
+        check_layer_input(type(self).__name__, tuple(x.shape), self._accepted_dims, self._layout_name, self.num_features)
 
     def extra_repr(self) -> str:
         return (
@@ -366,18 +359,18 @@ class BatchNorm1d(_BatchNorm):
     """Drop-in for ``torch.nn.BatchNorm1d``: inputs ``(N, C)`` or ``(N, C, L)``."""
 
     _accepted_dims = (2, 3)
-    _layout_name = "2D (N, C) or 3D (N, C, L)"
+    _layout_name = "2-D (N, C) or 3-D (N, C, L)"
 
 
 class BatchNorm2d(_BatchNorm):
     """Drop-in for ``torch.nn.BatchNorm2d``: inputs ``(N, C, H, W)``."""
 
     _accepted_dims = (4,)
-    _layout_name = "4D (N, C, H, W)"
+    _layout_name = "4-D (N, C, H, W)"
 
 
 class BatchNorm3d(_BatchNorm):
     """Drop-in for ``torch.nn.BatchNorm3d``: inputs ``(N, C, D, H, W)``."""
 
     _accepted_dims = (5,)
-    _layout_name = "5D (N, C, D, H, W)"
+    _layout_name = "5-D (N, C, D, H, W)"
