@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY_SUBMODULES = {
     "nn", "fold", "data", "models", "training", "plots", "recording",
     "activations", "activation_plots", "experiments", "bench", "keras_compat", "grading",
+    "covariate_shift", "smoothness",
 }
 
 

@@ -5,23 +5,25 @@ returns a ``History`` of the training loss and the test loss/accuracy, measured 
 ``eval_every`` updates on the full test set. A loss that turns NaN or infinite stops
 the run and sets ``History.diverged``: a learning-rate sweep then shows the divergence
 instead of crashing. ``on_step(step, model)`` lets a chapter record anything it likes
-(activation percentiles, gradient norms) while the model trains.
+(activation percentiles, gradient norms) while the model trains; ``train_seeds``
+repeats a run over seeds and measures the trained models on both sets.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .data import DigitsSplit
+from .nn.utils import run_in_mode
 
-__all__ = ["History", "evaluate", "record_activations", "train", "train_seeds", "weight_grad_norms"]
+__all__ = ["History", "evaluate", "train", "train_seeds", "weight_grad_norms"]
 
 
 @dataclass
@@ -78,71 +80,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     """
     if len(x) != len(y) or len(y) == 0:
         raise ValueError(f"expected x and y with the same non-zero length, got {len(x)} and {len(y)}")
-    was_training = model.training
-    model.eval()
-    try:
+    # Eval mode leaves the buffers alone: restore only the mode.
+    with run_in_mode(model, train_mode=False, restore_buffers=False):
         logits = model(x)
-    finally:
-        model.train(was_training)
     loss = F.cross_entropy(logits, y).item()
     finite = torch.isfinite(logits).all(dim=1)
     correct = (logits.argmax(dim=1) == y) & finite
     return loss, correct.float().mean().item()
-
-
-@contextmanager
-def _leaves_no_trace(model: nn.Module, train_mode: bool) -> Iterator[None]:
-    """Run a block in the given mode, then restore the mode and every buffer.
-
-    A forward pass in training mode updates BN's running statistics; restoring the
-    buffers makes a measurement invisible to the training it observes.
-    """
-    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
-    was_training = model.training
-    model.train(train_mode)
-    try:
-        yield
-    finally:
-        model.train(was_training)
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(saved[name])
-
-
-@torch.no_grad()
-def record_activations(
-    model: nn.Module, module: nn.Module, x: torch.Tensor, *, train_mode: bool = False, what: str = "input"
-) -> torch.Tensor:
-    """The input (or output) of ``module`` when ``model`` runs on ``x``; leaves no trace.
-
-    Args:
-        model: the network; ``module`` must be one of its submodules.
-        x: a batch of inputs, shape (N, ...).
-        train_mode: run the model in training mode (BN normalizes with the statistics
-            of this batch, as during training) instead of eval mode. Buffers such as
-            BN's running statistics are saved before and restored after, so recording
-            never changes the model.
-        what: "input" (e.g. the pre-activation of a sigmoid) or "output".
-
-    Returns:
-        A detached tensor with the shape of the module's input/output, e.g. (N, C).
-    """
-    if what not in ("input", "output"):
-        raise ValueError(f"expected what='input' or 'output', got {what!r}")
-    if not any(m is module for m in model.modules()):
-        raise ValueError(f"expected a submodule of the model, got {type(module).__name__} that is not in it")
-    captured: list[torch.Tensor] = []
-
-    def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        captured.append((inputs[0] if what == "input" else output).detach().clone())
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with _leaves_no_trace(model, train_mode):
-            model(x)
-    finally:
-        handle.remove()
-    return captured[0]
 
 
 def weight_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -162,7 +106,7 @@ def weight_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dic
     if not layers:
         raise ValueError(f"expected a model with Linear or Conv2d layers, got {type(model).__name__} without any")
     weights = [m.weight for _, m in layers]
-    with _leaves_no_trace(model, train_mode=True):
+    with run_in_mode(model, train_mode=True):
         loss = F.cross_entropy(model(x), y)
         # autograd.grad returns the gradients without accumulating into .grad.
         grads = torch.autograd.grad(loss, weights)
@@ -213,7 +157,7 @@ def train(
         on_step: called as ``on_step(step, model)`` with step=0 before the first update
             and after every update with the number of updates done; the model is in
             training mode and the callback must not change it (see
-            ``record_activations``, which restores what it touches).
+            ``bncourse.recording.record_activations``, which restores what it touches).
 
     Returns:
         A ``History``; ``diverged`` is set if a loss became NaN/inf (training stops,
@@ -278,14 +222,43 @@ def train(
 
 
 def train_seeds(
-    build: Callable[[int], nn.Module], data: DigitsSplit, seeds: Iterable[int] = (0, 1, 2), **kwargs
-) -> list[History]:
-    """Train a fresh ``build(seed)`` model for each seed; ``kwargs`` go to ``train``.
+    build: Callable[[int], nn.Module],
+    data: DigitsSplit | Callable[[int], DigitsSplit],
+    seeds: Iterable[int] = (0, 1, 2),
+    **train_kwargs,
+) -> dict[str, np.ndarray | list]:
+    """Train a fresh ``build(seed)`` model for each seed and measure it on both sets.
 
-    The seed sets both the initial weights (through ``build``) and the mini-batch order,
-    so the spread over seeds shows how much a result depends on luck.
+    The seed sets both the initial weights (through ``build``) and the mini-batch order
+    (``train_kwargs`` go to ``train``), so the spread over seeds shows how much a result
+    depends on luck. ``data`` may be a function ``seed -> DigitsSplit``, so that the
+    train/test split varies with the seed too (for claims about generalization, which
+    depend on the split as much as on the initial weights). After training, every
+    model's loss and accuracy are measured on the whole training set and the whole
+    test set (eval mode, via ``evaluate``), which is what a train/test gap needs.
 
     Example:
-        ``train_seeds(lambda s: mlp(norm="bn", seed=s), data, steps=300, lr=0.1)``
+        ``train_seeds(lambda s: mlp(norm="bn", seed=s), data, steps=300, lr=0.1)["histories"]``
+
+    Returns:
+        dict with ``"models"`` and ``"histories"`` (lists, one per seed, the models
+        trained in place) and the arrays ``(len(seeds),)`` ``"train_accuracy"``,
+        ``"test_accuracy"``, ``"train_loss"``, ``"test_loss"``.
     """
-    return [train(build(seed), data, seed=seed, **kwargs) for seed in seeds]
+    if not (isinstance(data, DigitsSplit) or callable(data)):
+        raise ValueError(f"expected a DigitsSplit or a function seed -> DigitsSplit, got {type(data).__name__}")
+    out: dict[str, list] = {k: [] for k in ("models", "histories", "train_accuracy", "test_accuracy",
+                                            "train_loss", "test_loss")}
+    for seed in seeds:
+        model = build(seed)
+        split_data = data(seed) if callable(data) else data
+        if not isinstance(split_data, DigitsSplit):
+            raise ValueError(f"expected data({seed}) to return a DigitsSplit, got {type(split_data).__name__}")
+        out["histories"].append(train(model, split_data, seed=seed, **train_kwargs))
+        out["models"].append(model)
+        for split, x, y in (("train", split_data.x_train, split_data.y_train),
+                            ("test", split_data.x_test, split_data.y_test)):
+            loss, acc = evaluate(model, x, y)
+            out[f"{split}_loss"].append(loss)
+            out[f"{split}_accuracy"].append(acc)
+    return {k: (v if k in ("models", "histories") else np.asarray(v)) for k, v in out.items()}

@@ -1,18 +1,15 @@
-"""bncourse.training: the loop learns, is deterministic, detects divergence; evaluate/record leave no trace."""
+"""bncourse.training: the loop learns, is deterministic, detects divergence; evaluate leaves no trace;
+train_seeds repeats a run over seeds and measures both sets."""
 
 import math
 
-import matplotlib
 import numpy as np
 import pytest
 import torch
 
-matplotlib.use("Agg")
-
-from bncourse import plots
 from bncourse.data import load_digits_split
-from bncourse.models import activation_modules, mlp
-from bncourse.training import History, evaluate, record_activations, train, train_seeds, weight_grad_norms
+from bncourse.models import mlp
+from bncourse.training import History, evaluate, train, train_seeds, weight_grad_norms
 
 
 @pytest.fixture(scope="module")
@@ -79,21 +76,6 @@ def test_evaluate_restores_mode_and_uses_eval_mode(data):
         evaluate(model, data.x_test, data.y_test[:-1])
 
 
-def test_record_activations_leaves_no_trace(data):
-    model = mlp(hidden=(8, 6), norm="bn")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    act = activation_modules(model)[-1]
-    z = record_activations(model, act, data.x_test, train_mode=True)
-    assert z.shape == (len(data.x_test), 6)
-    # In training mode the input of the sigmoid is batch-normalized: mean ~0, std ~1 per unit (gamma=1, beta=0).
-    assert torch.allclose(z.mean(0), torch.zeros(6), atol=1e-4)
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
-    assert model.training
-    with pytest.raises(ValueError, match="submodule"):
-        record_activations(model, torch.nn.Sigmoid(), data.x_test)
-
-
 @pytest.mark.parametrize(
     "kwargs, word",
     [
@@ -111,23 +93,6 @@ def test_train_bad_arguments(data, kwargs, word):
         train(mlp(hidden=(4,)), data, **kwargs)
 
 
-def test_plots_return_labelled_axes():
-    h = History(step=[0, 10], train_loss=[2.0, 1.0], test_loss=[2.0, 1.0], test_accuracy=[0.1, 0.5])
-    h2 = History(step=[0, 10], train_loss=[2.0, 1.2], test_loss=[2.0, 1.1], test_accuracy=[0.1, 0.7])
-    ax = plots.plot_curves({"BN": [h, h2]}, title="t")
-    assert ax.get_xlabel() and ax.get_ylabel() == "test accuracy" and ax.get_title() == "t"
-    assert np.allclose(ax.lines[0].get_ydata(), [0.1, 0.6])
-    ax = plots.plot_sweep([0.1, 1.0], {"a": np.array([[0.5, 0.6], [0.7, 0.8]])}, xlabel="lr")
-    assert ax.get_xscale() == "log" and np.allclose(ax.lines[0].get_ydata(), [0.6, 0.7])
-    ax = plots.plot_percentiles([0, 1], np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0]]), label="x")
-    assert len(ax.lines) == 3
-    with pytest.raises(ValueError, match="shape"):
-        plots.plot_percentiles([0, 1, 2], np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="metric"):
-        plots.plot_curves({"a": [h]}, metric="accuracy")
-    matplotlib.pyplot.close("all")
-
-
 def test_weight_grad_norms_and_no_trace(data):
     model = mlp(hidden=(8, 8), norm="bn")
     model.eval()
@@ -143,7 +108,29 @@ def test_weight_grad_norms_and_no_trace(data):
     assert norms["fc2"] == pytest.approx(model.fc2.weight.grad.norm().item(), rel=1e-5)
 
 
-def test_train_seeds(data):
-    runs = train_seeds(lambda s: mlp(hidden=(8,), seed=s), data, seeds=(0, 1), steps=10, eval_every=5)
-    assert len(runs) == 2 and runs[0].step == [0, 5, 10]
-    assert runs[0].train_loss != runs[1].train_loss
+def test_train_seeds_measures_both_sets(data):
+    r = train_seeds(lambda s: mlp(hidden=(8,), norm="bn", seed=s), data, seeds=(0, 1), steps=10, eval_every=5)
+    assert len(r["models"]) == len(r["histories"]) == 2
+    assert r["histories"][0].step == [0, 5, 10]
+    assert r["histories"][0].train_loss != r["histories"][1].train_loss  # the seed changes the run
+    for key in ("train_accuracy", "test_accuracy", "train_loss", "test_loss"):
+        assert r[key].shape == (2,)
+    np.testing.assert_allclose(r["test_accuracy"], [h.final_accuracy for h in r["histories"]])
+    np.testing.assert_allclose(r["test_loss"], [h.test_loss[-1] for h in r["histories"]])
+    for model, acc, loss in zip(r["models"], r["train_accuracy"], r["train_loss"]):
+        assert (loss, acc) == pytest.approx(evaluate(model, data.x_train, data.y_train))
+    # the same histories as training each seed by hand
+    alone = train(mlp(hidden=(8,), norm="bn", seed=1), data, seed=1, steps=10, eval_every=5)
+    assert alone.test_loss == r["histories"][1].test_loss
+
+
+def test_train_seeds_can_vary_the_split_with_the_seed():
+    splits = {s: load_digits_split(seed=s) for s in (0, 1)}
+    r = train_seeds(lambda s: mlp(seed=s), splits.__getitem__, [0, 1], steps=3, eval_every=3)
+    for seed, model in zip((0, 1), r["models"]):
+        x, y = splits[seed].x_test, splits[seed].y_test
+        assert r["test_accuracy"][seed] == pytest.approx(evaluate(model, x, y)[1])
+    with pytest.raises(ValueError, match="DigitsSplit"):
+        train_seeds(lambda s: mlp(seed=s), {"x": 1}, [0], steps=3)
+    with pytest.raises(ValueError, match="DigitsSplit"):
+        train_seeds(lambda s: mlp(seed=s), lambda s: None, [0], steps=3)

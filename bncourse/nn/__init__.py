@@ -14,8 +14,10 @@ from .batchnorm import (
     batch_norm,
 )
 from .convert import replace_batchnorm
+from . import utils
 from .naive import naive_batchnorm
 from .norms import GroupNorm, LayerNorm, RowNormFunction, group_norm, layer_norm
+from .utils import recalibrate_bn, run_in_mode
 
 __all__ = [
     "BatchNorm1d",
@@ -29,5 +31,8 @@ __all__ = [
     "group_norm",
     "layer_norm",
     "naive_batchnorm",
+    "recalibrate_bn",
+    "run_in_mode",
     "replace_batchnorm",
+    "utils",
 ]
