@@ -128,7 +128,6 @@ def build_book(root: Path, log_path: Path) -> subprocess.CompletedProcess:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("KERAS_BACKEND", "torch")
-    env.setdefault("MPLBACKEND", "Agg")
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
     # Put the venv first so the notebooks' kernel is this interpreter's.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

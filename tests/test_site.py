@@ -19,6 +19,7 @@ Screenshots of a few key pages land in `_build/screenshots/`.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import urllib.parse
@@ -185,6 +186,25 @@ def test_math_is_typeset_by_the_local_mathjax(site: Site):
 
 def test_images_load(site: Site):
     _fail_listing("broken images", {p: r.image_problems() for p, r in site.reports.items()})
+
+
+def test_notebooks_that_plot_show_their_figures(site: Site):
+    """A chapter that draws must show its figures: a kernel left on a non-inline
+    matplotlib backend (e.g. MPLBACKEND=Agg in the build's environment) drops them silently."""
+    missing = []
+    for notebook in sorted((ROOT / "book").rglob("*.ipynb")):
+        code = "".join(
+            "".join(cell["source"])
+            for cell in json.loads(notebook.read_text(encoding="utf8"))["cells"]
+            if cell["cell_type"] == "code"
+        )
+        if not any(marker in code for marker in ("plt.", "plot_", "glue(", ".plot(")):
+            continue
+        page = notebook.relative_to(ROOT).with_suffix(".html").as_posix()
+        report = site.reports.get(page)
+        if report is None or not any(i["inMain"] and "_images/" in i["src"] for i in report.images):
+            missing.append(page)
+    assert not missing, f"pages whose notebook plots but that show no figure: {missing}"
 
 
 def test_figures_have_alt_text_or_caption(site: Site):
