@@ -53,6 +53,16 @@ def _assert_same_state(ours, ref, tol):
             torch.testing.assert_close(a[key], b[key], **tol, msg=key)
 
 
+def _assert_same_step(ours, ref, x, dout, tol) -> None:
+    """One forward + backward through both modules: same output, gradients and state."""
+    out_o, grads_o = _step(ours, x, dout)
+    out_r, grads_r = _step(ref, x, dout)
+    torch.testing.assert_close(out_o, out_r, **tol)
+    for g_o, g_r in zip(grads_o, grads_r, strict=True):
+        torch.testing.assert_close(g_o, g_r, **tol)
+    _assert_same_state(ours, ref, tol)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", list(SHAPES))
 @pytest.mark.parametrize(
@@ -77,12 +87,7 @@ def test_matches_torch_over_training_steps_and_eval(dtype, case, kwargs):
         # Shifted, scaled data so the statistics are not trivially 0 and 1.
         x = (torch.randn(shape, generator=gen, dtype=dtype) * 2 + step).to(dtype)
         dout = torch.randn(shape, generator=gen, dtype=dtype)
-        out_o, grads_o = _step(ours, x, dout)
-        out_r, grads_r = _step(ref, x, dout)
-        torch.testing.assert_close(out_o, out_r, **tol)
-        for g_o, g_r in zip(grads_o, grads_r, strict=True):
-            torch.testing.assert_close(g_o, g_r, **tol)
-        _assert_same_state(ours, ref, tol)
+        _assert_same_step(ours, ref, x, dout, tol)
         # The same SGD step on both, so later steps see changed parameters.
         with torch.no_grad():
             for p_o, p_r in zip(ours.parameters(), ref.parameters(), strict=True):
@@ -94,12 +99,7 @@ def test_matches_torch_over_training_steps_and_eval(dtype, case, kwargs):
     ref.eval()
     x = torch.randn(shape, generator=gen, dtype=dtype)
     dout = torch.randn(shape, generator=gen, dtype=dtype)
-    out_o, grads_o = _step(ours, x, dout)
-    out_r, grads_r = _step(ref, x, dout)
-    torch.testing.assert_close(out_o, out_r, **tol)
-    for g_o, g_r in zip(grads_o, grads_r, strict=True):
-        torch.testing.assert_close(g_o, g_r, **tol)
-    _assert_same_state(ours, ref, tol)  # eval mode must not touch the buffers
+    _assert_same_step(ours, ref, x, dout, tol)  # in eval mode the buffers must not move
 
 
 def test_cumulative_average_when_momentum_is_none():
