@@ -19,7 +19,7 @@ import platform
 
 import torch
 
-from bncourse import bench
+from bncourse.lab import bench
 
 SIZES = [(256, 4096), (64, 64, 32, 32)]
 

@@ -16,11 +16,8 @@ __version__ = "0.1.0"
 # Submodules that need torch, matplotlib or scikit-learn load on first use, so
 # `import bncourse` stays light (the NumPy core needs only NumPy) while
 # `bncourse.nn.BatchNorm1d` and friends still work after a plain `import bncourse`.
-_LAZY_SUBMODULES = {
-    "nn", "fold", "data", "models", "training", "plots", "recording",
-    "activations", "activation_plots", "experiments", "bench", "keras_compat", "grading",
-    "covariate_shift", "smoothness",
-}
+# `nn`: the from-scratch torch layers; `lab`: the experiment toolkit the chapters use.
+_LAZY_SUBMODULES = {"nn", "fold", "lab", "grading", "cli"}
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Tests of bncourse.activation_plots: what gets drawn, and bad input."""
+"""Tests of bncourse.lab.activation_plots: what gets drawn, and bad input."""
 
 import matplotlib
 
@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
-from bncourse.activation_plots import draw_graph, histogram_grid, plot_percentile_bands  # noqa: E402
+from bncourse.lab.activation_plots import draw_graph, histogram_grid, plot_percentile_bands  # noqa: E402
 
 
 def test_percentile_bands_draw_median_and_nested_bands():

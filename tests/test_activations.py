@@ -1,11 +1,11 @@
-"""Tests of bncourse.activations: hooks, summaries, the training tracker."""
+"""Tests of bncourse.lab.activations: hooks, summaries, the training tracker."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from bncourse.activations import (
+from bncourse.lab.activations import (
     ActivationRecorder,
     PercentileTracker,
     drift_summary,

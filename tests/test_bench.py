@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bncourse import bench
+from bncourse.lab import bench
 
 
 @pytest.mark.parametrize("shape", [(8, 5), (4, 5, 3, 3)])

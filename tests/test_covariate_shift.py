@@ -1,4 +1,4 @@
-"""Tests for bncourse.covariate_shift: noisy BN, the input tracker and the drift measure."""
+"""Tests for bncourse.lab.covariate_shift: noisy BN, the input tracker and the drift measure."""
 
 import copy
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from bncourse import covariate_shift as cs
-from bncourse.data import load_digits_split
-from bncourse.models import activation_modules, mlp
+from bncourse.lab import covariate_shift as cs
+from bncourse.lab.data import load_digits_split
+from bncourse.lab.models import activation_modules, mlp
 from bncourse.nn.utils import batchnorm_modules
 
 from model_state import buffers, same  # the helper sits next to this file

@@ -1,10 +1,10 @@
-"""bncourse.data: the digits split (shapes, dtypes, standardization, stratification, determinism)."""
+"""bncourse.lab.data: the digits split (shapes, dtypes, standardization, stratification, determinism)."""
 
 import numpy as np
 import pytest
 import torch
 
-from bncourse.data import DigitsSplit, load_digits_split
+from bncourse.lab.data import DigitsSplit, load_digits_split
 
 
 @pytest.fixture(scope="module")

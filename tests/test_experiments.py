@@ -1,12 +1,12 @@
-"""Tests for bncourse.experiments: batch size, running statistics, placement and pitfalls."""
+"""Tests for bncourse.lab.experiments: batch size, running statistics, placement and pitfalls."""
 
 import numpy as np
 import pytest
 import torch
 
-from bncourse import experiments as ex
-from bncourse.data import load_digits_split
-from bncourse.models import mlp
+from bncourse.lab import experiments as ex
+from bncourse.lab.data import load_digits_split
+from bncourse.lab.models import mlp
 from bncourse.nn.utils import recalibrate_bn
 
 from model_state import buffers, same  # the helper sits next to this file
@@ -84,7 +84,7 @@ def test_train_mode_predictions_restore_or_keep_the_running_stats(data):
 
 
 def test_train_mode_accuracy_equals_eval_accuracy_without_bn(data):
-    from bncourse.training import evaluate
+    from bncourse.lab.training import evaluate
 
     model = mlp(norm=None, seed=0)
     acc = ex.train_mode_accuracy(model, data.x_test, data.y_test, 10)

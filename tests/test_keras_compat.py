@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import bncourse.nn as bnn
-from bncourse import keras_compat as kc
-from bncourse.data import load_digits_split
+from bncourse.lab import keras_compat as kc
+from bncourse.lab.data import load_digits_split
 
 keras = kc.import_keras()
 

@@ -1,11 +1,11 @@
-"""bncourse.models: layer order, shapes, seeding, init scaling and argument checks."""
+"""bncourse.lab.models: layer order, shapes, seeding, init scaling and argument checks."""
 
 import pytest
 import torch
 from torch import nn
 
 from bncourse import nn as bnn
-from bncourse.models import activation_modules, mlp, norm_layer, small_cnn
+from bncourse.lab.models import activation_modules, mlp, norm_layer, small_cnn
 
 
 def _kinds(model):

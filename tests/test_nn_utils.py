@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import bncourse.nn as bnn
-from bncourse.data import load_digits_split
-from bncourse.models import mlp
+from bncourse.lab.data import load_digits_split
+from bncourse.lab.models import mlp
 from bncourse.nn.utils import (
     batchnorm_modules,
     freeze_bn_statistics,

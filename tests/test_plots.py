@@ -1,4 +1,4 @@
-"""bncourse.plots: every helper draws what it says, labels its axes and validates its input."""
+"""bncourse.lab.plots: every helper draws what it says, labels its axes and validates its input."""
 
 import matplotlib
 
@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from bncourse import plots
-from bncourse.training import History
+from bncourse.lab import plots
+from bncourse.lab.training import History
 
 
 @pytest.fixture(autouse=True)

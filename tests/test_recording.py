@@ -1,13 +1,13 @@
-"""bncourse.recording: the percentile recorder and the drift measures."""
+"""bncourse.lab.recording: the percentile recorder and the drift measures."""
 
 import numpy as np
 import pytest
 import torch
 
-from bncourse.data import load_digits_split
-from bncourse.models import mlp
-from bncourse.recording import PercentileRecorder, median_drift, width_change
-from bncourse.training import train
+from bncourse.lab.data import load_digits_split
+from bncourse.lab.models import mlp
+from bncourse.lab.recording import PercentileRecorder, median_drift, width_change
+from bncourse.lab.training import train
 
 
 def test_recorder_shapes_and_values():

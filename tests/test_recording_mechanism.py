@@ -1,4 +1,4 @@
-"""bncourse.recording's shared mechanism: record_activations, ProbeRecorder, and the two
+"""bncourse.lab.recording's shared mechanism: record_activations, ProbeRecorder, and the two
 percentile callbacks (recording.PercentileRecorder, activations.PercentileTracker) being one."""
 
 import numpy as np
@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from bncourse.activations import PercentileTracker
-from bncourse.data import load_digits_split
-from bncourse.models import activation_modules, mlp
-from bncourse.recording import PercentileRecorder, ProbeRecorder, record_activations, record_layers
-from bncourse.training import train
+from bncourse.lab.activations import PercentileTracker
+from bncourse.lab.data import load_digits_split
+from bncourse.lab.models import activation_modules, mlp
+from bncourse.lab.recording import PercentileRecorder, ProbeRecorder, record_activations, record_layers
+from bncourse.lab.training import train
 
 torch.set_num_threads(1)
 

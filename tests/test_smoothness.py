@@ -1,4 +1,4 @@
-"""Tests for bncourse.smoothness: the loss and gradient along the gradient direction."""
+"""Tests for bncourse.lab.smoothness: the loss and gradient along the gradient direction."""
 
 import copy
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from bncourse import smoothness as sm
-from bncourse.data import load_digits_split
-from bncourse.models import mlp
+from bncourse.lab import smoothness as sm
+from bncourse.lab.data import load_digits_split
+from bncourse.lab.models import mlp
 
 from model_state import buffers, same  # the helper sits next to this file
 

@@ -1,4 +1,4 @@
-"""bncourse.training: the loop learns, is deterministic, detects divergence; evaluate leaves no trace;
+"""bncourse.lab.training: the loop learns, is deterministic, detects divergence; evaluate leaves no trace;
 train_seeds repeats a run over seeds and measures both sets."""
 
 import math
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from bncourse.data import load_digits_split
-from bncourse.models import mlp
-from bncourse.training import History, evaluate, train, train_seeds, weight_grad_norms
+from bncourse.lab.data import load_digits_split
+from bncourse.lab.models import mlp
+from bncourse.lab.training import History, evaluate, train, train_seeds, weight_grad_norms
 
 
 @pytest.fixture(scope="module")

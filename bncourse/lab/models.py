@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import nn as bnn  # the course's from-scratch torch layers (torch.nn's signatures)
+from .. import nn as bnn  # the course's from-scratch torch layers (torch.nn's signatures)
 
 __all__ = ["NORMS", "ACTIVATIONS", "activation_modules", "mlp", "norm_layer", "small_cnn"]
 

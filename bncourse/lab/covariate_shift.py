@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .nn.utils import batchnorm_modules, is_batchnorm
+from ..nn.utils import batchnorm_modules, is_batchnorm
 from .recording import ProbeRecorder
 
 __all__ = ["DistributionNoise", "add_noise_after_bn", "InputTracker", "distribution_drift"]
@@ -124,9 +124,9 @@ def add_noise_after_bn(
 
 
 class InputTracker(ProbeRecorder):
-    """An ``on_step`` callback for ``bncourse.training.train``: records a layer's input.
+    """An ``on_step`` callback for ``bncourse.lab.training.train``: records a layer's input.
 
-    A :class:`bncourse.recording.ProbeRecorder` in training mode: every ``every`` steps
+    A :class:`bncourse.lab.recording.ProbeRecorder` in training mode: every ``every`` steps
     it runs the fixed ``probe`` batch through the model as the layer sees data during
     training (BN with batch statistics, noise layers drawing noise, which advances their
     generators), restoring BN's running statistics afterwards. It keeps, for the watched

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import DigitsSplit
-from .nn.utils import run_in_mode
+from ..nn.utils import run_in_mode
 
 __all__ = ["History", "evaluate", "train", "train_seeds", "weight_grad_norms"]
 
@@ -157,7 +157,7 @@ def train(
         on_step: called as ``on_step(step, model)`` with step=0 before the first update
             and after every update with the number of updates done; the model is in
             training mode and the callback must not change it (see
-            ``bncourse.recording.record_activations``, which restores what it touches).
+            ``bncourse.lab.recording.record_activations``, which restores what it touches).
 
     Returns:
         A ``History``; ``diverged`` is set if a loss became NaN/inf (training stops,

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import functional as F_np
-from .fold import fold_batchnorm
-from .nn import BatchNorm1d, BatchNorm2d, naive_batchnorm
+from .. import functional as F_np
+from ..fold import fold_batchnorm
+from ..nn import BatchNorm1d, BatchNorm2d, naive_batchnorm
 
 __all__ = [
     "time_interleaved",

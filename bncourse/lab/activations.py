@@ -6,14 +6,14 @@ layer's pre-activations changes with depth (at initialization) and with time
 
 - :func:`layer_statistics`, :func:`saturation_fraction` summarize recordings,
   which come from :class:`ActivationRecorder` / :func:`record_layers`
-  (:mod:`bncourse.recording`, re-exported here for the chapter);
+  (:mod:`bncourse.lab.recording`, re-exported here for the chapter);
 - :class:`PercentileTracker` is an ``on_step`` callback for
-  :func:`bncourse.training.train` that follows per-unit percentiles of one
-  layer over training (a :class:`bncourse.recording.PercentileRecorder` with
+  :func:`bncourse.lab.training.train` that follows per-unit percentiles of one
+  layer over training (a :class:`bncourse.lab.recording.PercentileRecorder` with
   this chapter's defaults), and :func:`drift_summary` condenses them per unit.
 
-The models come from :mod:`bncourse.models`, the training loop from
-:mod:`bncourse.training`; nothing here trains or builds a model.
+The models come from :mod:`bncourse.lab.models`, the training loop from
+:mod:`bncourse.lab.training`; nothing here trains or builds a model.
 """
 
 from __future__ import annotations
@@ -98,9 +98,9 @@ def saturation_fraction(
 
 
 class PercentileTracker(PercentileRecorder):
-    """``on_step`` callback for :func:`bncourse.training.train`: per-unit percentiles of one layer.
+    """``on_step`` callback for :func:`bncourse.lab.training.train`: per-unit percentiles of one layer.
 
-    A :class:`bncourse.recording.PercentileRecorder` with this chapter's defaults:
+    A :class:`bncourse.lab.recording.PercentileRecorder` with this chapter's defaults:
     every 10 updates (and at step 0), and in eval mode (the chapter's networks have
     neither BN nor dropout, so both modes give the same values). For each unit ``j``
     of ``module``'s input (or output) of shape ``(P, H)`` the percentiles ``q`` of the

@@ -89,7 +89,7 @@ def train_tracking_landscape(
     lr: float = 0.1,
     seed: int = 0,
 ) -> dict[str, np.ndarray | History]:
-    """Train with ``bncourse.training.train`` and probe the landscape as it goes.
+    """Train with ``bncourse.lab.training.train`` and probe the landscape as it goes.
 
     Every ``every`` steps (from step 0), a mini-batch of ``batch_size`` training
     examples is drawn (from a generator seeded with ``seed``, separate from the

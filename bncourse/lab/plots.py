@@ -1,7 +1,7 @@
 """Plotting helpers for the course's figures (matplotlib); every function returns its Axes.
 
 Experiment curves, each a line over seeds with a band from the lowest to the highest
-seed: ``plot_curves`` (a metric of ``bncourse.training.History`` over training),
+seed: ``plot_curves`` (a metric of ``bncourse.lab.training.History`` over training),
 ``plot_sweep`` (an outcome against a swept hyper-parameter) and ``plot_band`` (any
 quantity, the caller labels the axes). ``plot_percentiles`` draws low/median/high
 percentiles of a quantity over training, as in the paper's Figure 1;

@@ -8,7 +8,7 @@ One mechanism, three ways to use it:
   batch through the model with those hooks and leave the model exactly as it was
   (mode and buffers, via :func:`bncourse.nn.utils.run_in_mode`);
 - :class:`ProbeRecorder` is the base of the ``on_step`` callbacks for
-  ``bncourse.training.train`` that watch one layer on a fixed probe batch during
+  ``bncourse.lab.training.train`` that watch one layer on a fixed probe batch during
   training; :class:`PercentileRecorder` keeps the percentiles of every unit.
 
 The paper's Figure 1(b, c) follows the 15th, 50th and 85th percentiles of one sigmoid's
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .nn.utils import run_in_mode
+from ..nn.utils import run_in_mode
 
 __all__ = [
     "ActivationRecorder",
@@ -158,7 +158,7 @@ def record_activations(
 
 
 class ProbeRecorder:
-    """Base ``on_step`` callback for ``bncourse.training.train``: watch one layer on a fixed batch.
+    """Base ``on_step`` callback for ``bncourse.lab.training.train``: watch one layer on a fixed batch.
 
     At every step divisible by ``every`` (step 0 is the model before training) it runs
     the fixed ``probe`` batch through the model with :func:`record_activations`, which

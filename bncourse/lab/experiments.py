@@ -1,10 +1,10 @@
 """What batch norm's dependence on the batch does: batch size, running statistics, placement.
 
 The generic pieces live elsewhere: data, models, the training loop and the plots in
-``bncourse.data``, ``bncourse.models``, ``bncourse.training`` and ``bncourse.plots``; the
+``bncourse.lab.data``, ``bncourse.lab.models``, ``bncourse.lab.training`` and ``bncourse.lab.plots``; the
 BN utilities (finding BN layers, momentum, recalibration, freezing) in
-``bncourse.nn.utils``; Santurkar et al.'s experiments in ``bncourse.covariate_shift`` and
-``bncourse.smoothness``. This module holds what only the chapters on batch size,
+``bncourse.nn.utils``; Santurkar et al.'s experiments in ``bncourse.lab.covariate_shift`` and
+``bncourse.lab.smoothness``. This module holds what only the chapters on batch size,
 placement and pitfalls need:
 
 - :func:`batch_size_sweep`: the final accuracy of each normalization at each batch size;
@@ -29,7 +29,7 @@ from torch import nn
 
 from .data import DigitsSplit
 from .models import mlp
-from .nn.utils import batchnorm_modules, run_in_mode
+from ..nn.utils import batchnorm_modules, run_in_mode
 from .recording import record_activations
 from .training import train
 
