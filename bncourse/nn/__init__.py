@@ -18,6 +18,7 @@ from . import utils
 from .naive import naive_batchnorm
 from .norms import GroupNorm, LayerNorm, RowNormFunction, group_norm, layer_norm
 from .utils import recalibrate_bn, run_in_mode
+from .sync_batchnorm import SyncBatchNorm
 
 __all__ = [
     "BatchNorm1d",
@@ -33,6 +34,7 @@ __all__ = [
     "naive_batchnorm",
     "recalibrate_bn",
     "run_in_mode",
+    "SyncBatchNorm",
     "replace_batchnorm",
     "utils",
 ]
