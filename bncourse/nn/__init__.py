@@ -19,6 +19,8 @@ from .naive import naive_batchnorm
 from .norms import GroupNorm, LayerNorm, RowNormFunction, group_norm, layer_norm
 from .utils import recalibrate_bn, run_in_mode
 from .sync_batchnorm import SyncBatchNorm
+from .batch_renorm import BatchRenorm1d, BatchRenorm2d, LinearRamp
+from .ghost import GhostBatchNorm1d, GhostBatchNorm2d
 
 __all__ = [
     "BatchNorm1d",
@@ -35,6 +37,11 @@ __all__ = [
     "recalibrate_bn",
     "run_in_mode",
     "SyncBatchNorm",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "LinearRamp",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
     "replace_batchnorm",
     "utils",
 ]
