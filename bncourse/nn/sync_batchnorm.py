@@ -256,24 +256,28 @@ class SyncBatchNorm(_BatchNorm):
         group = self._sync_group(use_batch_stats)
         problem = self._input_problem(input)
         with torch.autocast(device_type=_device_type(input), enabled=False):
-            if group is not None:
-                # Collective: every rank must reach the all-reduce, even with bad input.
-                device = input.device if isinstance(input, Tensor) else self._device()
-                count, mean64, m2 = _global_moments(input, self.num_features, problem, group, device)
-            else:
+            if group is None:
                 if problem is not None:
                     raise ValueError(problem)
                 if not use_batch_stats:
                     return self._eval_forward(input)
-                count, mean64, m2 = local_moments(input)
-                if count <= 1:
-                    raise ValueError(
-                        "expected more than 1 value per channel when training, "
-                        f"got input of shape {tuple(input.shape)}"
-                    )
-            sd = _stat_dtype(input.dtype)
-            var = m2 / count  # biased: what normalizes the batch
-            inv_std = (var + self.eps).rsqrt().to(sd)
+            # The statistics are constants to autograd: the Function's backward accounts for them.
+            with torch.no_grad():
+                if group is not None:
+                    # Collective: every rank must reach the all-reduce, even with bad input.
+                    device = input.device if isinstance(input, Tensor) else self._device()
+                    x = input.detach() if isinstance(input, Tensor) else None
+                    count, mean64, m2 = _global_moments(x, self.num_features, problem, group, device)
+                else:
+                    count, mean64, m2 = local_moments(input.detach())
+                    if count <= 1:
+                        raise ValueError(
+                            "expected more than 1 value per channel when training, "
+                            f"got input of shape {tuple(input.shape)}"
+                        )
+                sd = _stat_dtype(input.dtype)
+                var = m2 / count  # biased: what normalizes the batch
+                inv_std = (var + self.eps).rsqrt().to(sd)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean64, m2 / (count - 1))
             return SyncBatchNormFunction.apply(
