@@ -142,11 +142,12 @@ def test_ghost_batch_norm_is_batch_norm_per_ghost_batch(cls, ref_cls, shape):
     assert (layer(x.detach()) - refs[0](x.detach())).abs().max() <= TOL
 
 
-def test_ghost_batch_equal_to_the_batch_is_batch_norm_and_bad_sizes_are_refused():
+def test_ghost_batch_equal_to_the_batch_is_batch_norm_and_a_remainder_is_its_own_ghost_batch():
     layer, ref = GhostBatchNorm1d(3, virtual_batch_size=8, dtype=torch.float64), nn.BatchNorm1d(3).double()
     x = torch.randn(8, 3, dtype=torch.float64)
     assert (layer(x) - ref(x)).abs().max() <= TOL
-    with pytest.raises(ValueError, match="divisible by virtual_batch_size=8, got 12"):
-        layer(torch.randn(12, 3, dtype=torch.float64))
+    x = torch.randn(13, 3, dtype=torch.float64)
+    expected = torch.cat([nn.BatchNorm1d(3).double()(x[:8]), nn.BatchNorm1d(3).double()(x[8:])])
+    assert (layer(x) - expected).abs().max() <= TOL
     with pytest.raises(ValueError, match="virtual_batch_size an int >= 2"):
         GhostBatchNorm2d(3, virtual_batch_size=1)

@@ -16,6 +16,18 @@ order. It is bounded and leaves nothing behind:
 
 ``fn`` must be importable by name (a module-level function), since workers are
 started with the "spawn" method. Results travel back pickled by value.
+
+Data-parallel training on the digits (what the chapter runs in the workers):
+:func:`allreduce_gradients` and :func:`broadcast_buffers` are the two things
+``DistributedDataParallel`` does around a step (gradients averaged in one
+bucket; rank 0's buffers broadcast before the forward pass), written out so
+that a worker needs neither DDP's start-up (it imports the compiler stack,
+seconds per process) nor anything hidden; the tests check that DDP itself
+gives the same training as one process on the global batch.
+:func:`data_parallel_worker` trains a digits classifier with per-device BN,
+``SyncBatchNorm`` or GroupNorm, each rank on its slice of the same global
+batches that ``bncourse.lab.training.train`` would draw, and measures time per
+step and the collectives it calls.
 """
 
 from __future__ import annotations
@@ -30,7 +42,16 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-__all__ = ["free_port", "launch"]
+__all__ = [
+    "free_port",
+    "launch",
+    "allreduce_gradients",
+    "broadcast_buffers",
+    "global_batches",
+    "data_parallel_worker",
+    "sync_bn_bytes_per_step",
+    "gradient_bytes_per_step",
+]
 
 
 def free_port() -> int:
@@ -149,8 +170,170 @@ def launch(
             if p.is_alive():
                 p.kill()
         for p in procs:
-            p.join(timeout=5.0)
+            if p.pid is not None:  # started
+                p.join(timeout=5.0)
         results.close()
         results.join_thread()
     return [out[r] for r in range(world_size)]
 
+
+
+# -- Data-parallel training on the digits -----------------------------------------------
+
+
+def allreduce_gradients(model: "torch.nn.Module") -> None:
+    """Average every parameter's ``.grad`` over the ranks, in one flat all-reduce (one DDP bucket)."""
+    import torch
+    import torch.distributed as dist
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_buffers(model: "torch.nn.Module") -> None:
+    """Copy rank 0's buffers (running statistics) to every rank, as DDP does before each forward."""
+    import torch
+    import torch.distributed as dist
+
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1) for b in buffers])
+    dist.broadcast(flat, src=0)
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def global_batches(n: int, batch_size: int, steps: int, seed: int) -> list["torch.Tensor"]:
+    """The row indices of each step's global batch, exactly as ``lab.training.train`` draws them."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    per_epoch = n // batch_size
+    out, order = [], torch.randperm(n, generator=gen)
+    for step in range(1, steps + 1):
+        k = (step - 1) % per_epoch
+        if k == 0 and step > 1:
+            order = torch.randperm(n, generator=gen)
+        out.append(order[k * batch_size : (k + 1) * batch_size])
+    return out
+
+
+def _build(norm: str, seed: int, arch: str):
+    from ..nn import SyncBatchNorm
+    from .across_devices import build_model
+
+    if norm == "sync":
+        return SyncBatchNorm.convert_sync_batchnorm(build_model("bn", seed, arch=arch))
+    return build_model(norm, seed, arch=arch)
+
+
+def data_parallel_worker(rank: int, world_size: int, runs: list[dict], x_train, y_train) -> list[dict]:
+    """Train, on this rank, each run of ``runs``; return what each measured.
+
+    Each run is a dict with ``norm`` ("bn": per-device BN, "sync": SyncBatchNorm,
+    "gn": GroupNorm), ``arch`` ("mlp" or "cnn", see ``lab.across_devices.build_model``),
+    ``per_device`` (rows per rank per step), ``steps``, ``seed`` and ``lr`` (plain SGD). The global batch is ``per_device * world_size`` rows
+    drawn as ``lab.training.train`` draws them; rank r takes rows
+    ``[r * per_device, (r + 1) * per_device)`` of it. Each step: broadcast rank 0's
+    buffers, forward, loss (mean over the local rows: averaging the gradients then
+    gives the gradient of the global mean), backward, :func:`allreduce_gradients`,
+    SGD update.
+
+    Returns, per run: ``params`` (the final parameters, on rank 0 only),
+    ``step_seconds`` (wall time of each step on this rank) and ``collectives``
+    (calls per step, by name, counted on the last step).
+    """
+    import time
+
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    x_all, y_all = torch.as_tensor(x_train), torch.as_tensor(y_train)
+    results = []
+    for run in runs:
+        model = _build(run["norm"], run["seed"], run.get("arch", "mlp"))
+        opt = torch.optim.SGD(model.parameters(), lr=run["lr"])
+        b = run["per_device"]
+        batches = global_batches(len(x_all), b * world_size, run["steps"], run["seed"])
+        times, counts = [], {}
+        for step, idx in enumerate(batches):
+            local = idx[rank * b : (rank + 1) * b]
+            dist.barrier()  # every rank starts the step together (not counted, not timed)
+            with _CountCollectives(counts if step == len(batches) - 1 else None):
+                start = time.perf_counter()
+                broadcast_buffers(model)
+                loss = F.cross_entropy(model(x_all[local]), y_all[local])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                allreduce_gradients(model)
+                opt.step()
+                times.append(time.perf_counter() - start)
+        results.append({
+            "params": {k: v.detach().clone() for k, v in model.named_parameters()} if rank == 0 else None,
+            "step_seconds": times,
+            "collectives": counts,
+        })
+    return results
+
+
+class _CountCollectives:
+    """While active (``counts`` not None), count calls of the collectives used here."""
+
+    NAMES = ("all_reduce", "broadcast", "all_gather", "barrier")
+
+    def __init__(self, counts: dict | None) -> None:
+        self.counts, self.saved = counts, {}
+
+    def __enter__(self):
+        import torch.distributed as dist
+
+        if self.counts is None:
+            return self
+        for name in self.NAMES:
+            original = self.saved[name] = getattr(dist, name)
+
+            def counted(*a, _name=name, _f=original, **k):
+                self.counts[_name] = self.counts.get(_name, 0) + 1
+                return _f(*a, **k)
+
+            setattr(dist, name, counted)
+        return self
+
+    def __exit__(self, *exc):
+        import torch.distributed as dist
+
+        for name, f in self.saved.items():
+            setattr(dist, name, f)
+
+
+def gradient_bytes_per_step(model: "torch.nn.Module") -> int:
+    """Bytes each rank all-reduces for the gradients per step: every parameter, in its dtype."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def sync_bn_bytes_per_step(model: "torch.nn.Module") -> int:
+    """Extra bytes each rank all-reduces per step for ``SyncBatchNorm`` layers.
+
+    Per layer with C channels: forward ``2C + 2`` float64 values (count, bad-input
+    flag, the two moment sums); backward ``2C`` values of the statistics dtype
+    (float32 here, the parameters' dtype).
+    """
+    from ..nn import SyncBatchNorm
+
+    total = 0
+    for m in model.modules():
+        if isinstance(m, SyncBatchNorm):
+            c = m.num_features
+            stat_bytes = 8 if m.running_mean is not None and m.running_mean.dtype.itemsize == 8 else 4
+            total += (2 * c + 2) * 8 + 2 * c * stat_bytes
+    return total

@@ -15,7 +15,8 @@ The normalization is :func:`bncourse.nn.batch_norm`, the course's own.
 
 Running statistics: the average over the ghost batches of their means and
 unbiased variances (as Keras' ``virtual_batch_size`` does). Evaluation: the
-plain batch norm with those running statistics.
+plain batch norm with those running statistics. A batch that is not a multiple
+of ``virtual_batch_size`` ends with one smaller ghost batch.
 """
 
 from __future__ import annotations
@@ -32,10 +33,6 @@ __all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "ghost_batch_norm"]
 def _ghost_view(x: Tensor, virtual_batch_size: int) -> Tensor:
     """``(G * V, C, *S)`` -> ``(V, G * C, *S)``, ghost batch ``g`` in channels ``g*C .. g*C + C - 1``."""
     n, c = x.shape[:2]
-    if n % virtual_batch_size:
-        raise ValueError(
-            f"expected a batch size divisible by virtual_batch_size={virtual_batch_size}, got {n}"
-        )
     g, v = n // virtual_batch_size, virtual_batch_size
     return x.reshape(g, v, *x.shape[1:]).transpose(0, 1).reshape(v, g * c, *x.shape[2:])
 
@@ -51,21 +48,37 @@ def ghost_batch_norm(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Training-mode ghost batch norm of ``x`` ``(N, C, ...)``.
 
+    The rows are cut in order into ghost batches of ``virtual_batch_size`` rows; if
+    ``N`` is not a multiple of it, the last ``N mod virtual_batch_size`` rows form
+    one smaller ghost batch of their own.
+
     Returns:
         ``(out, mean, var)``: ``out`` the shape of ``x``; ``mean`` and the
-        unbiased ``var`` averaged over the ghost batches, ``(C,)``, detached.
+        unbiased ``var`` averaged over the ghost batches (each weighing the
+        same), ``(C,)``, detached.
     """
     n, c = x.shape[:2]
-    xg = _ghost_view(x, virtual_batch_size)
     g = n // virtual_batch_size
-    w = None if weight is None else weight.repeat(g)
-    b = None if bias is None else bias.repeat(g)
-    out = batch_norm(xg, None, None, w, b, training=True, eps=eps)
-    with torch.no_grad():
-        dims = (0,) + tuple(range(2, xg.dim()))
-        mean = xg.mean(dims).view(g, c).mean(0)
-        var = xg.var(dims, unbiased=True).view(g, c).mean(0)
-    return _unghost_view(out, n, c), mean, var
+    full = g * virtual_batch_size
+    outs, means, variances = [], [], []
+    if g:
+        xg = _ghost_view(x[:full], virtual_batch_size)
+        w = None if weight is None else weight.repeat(g)
+        b = None if bias is None else bias.repeat(g)
+        outs.append(_unghost_view(batch_norm(xg, None, None, w, b, training=True, eps=eps), full, c))
+        with torch.no_grad():
+            dims = (0,) + tuple(range(2, xg.dim()))
+            means.append(xg.mean(dims).view(g, c))
+            variances.append(xg.var(dims, unbiased=True).view(g, c))
+    if full < n:  # the remainder, normalized on its own
+        tail = x[full:]
+        outs.append(batch_norm(tail, None, None, weight, bias, training=True, eps=eps))
+        with torch.no_grad():
+            dims = (0,) + tuple(range(2, tail.dim()))
+            means.append(tail.mean(dims).view(1, c))
+            variances.append(tail.var(dims, unbiased=True).view(1, c))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out, torch.cat(means).mean(0), torch.cat(variances).mean(0)
 
 
 class _GhostBatchNorm(_BatchNorm):
