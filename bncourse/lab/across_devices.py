@@ -99,12 +99,14 @@ def _measure(model: nn.Module, data: DigitsSplit, train_batch: int, seed: int) -
 
     The gap is the training-set accuracy in training mode, in batches of ``train_batch``
     rows as during training (running statistics restored afterwards), minus the
-    training-set accuracy in eval mode.
+    eval-mode accuracy on the same rows (those of an incomplete last batch are left out).
     """
     test = evaluate(model, data.x_test, data.y_test)[1]
     train_eval = evaluate(model, data.x_train, data.y_train)[1]
-    train_train = train_mode_accuracy(model, data.x_train, data.y_train, train_batch, seed=seed)
-    return {"test": test, "train": train_eval, "train_eval_gap": train_train - train_eval}
+    n = len(data.x_train) // train_batch * train_batch  # full batches only, as in training
+    x, y = data.x_train[:n], data.y_train[:n]
+    gap = train_mode_accuracy(model, x, y, train_batch, seed=seed) - evaluate(model, x, y)[1]
+    return {"test": test, "train": train_eval, "train_eval_gap": gap}
 
 
 def _empty(labels: Sequence[str], n: int) -> dict[str, dict[str, np.ndarray]]:

@@ -241,7 +241,8 @@ def data_parallel_worker(rank: int, world_size: int, runs: list[dict], x_train, 
 
     Each run is a dict with ``norm`` ("bn": per-device BN, "sync": SyncBatchNorm,
     "gn": GroupNorm), ``arch`` ("mlp" or "cnn", see ``lab.across_devices.build_model``),
-    ``per_device`` (rows per rank per step), ``steps``, ``seed`` and ``lr`` (plain SGD). The global batch is ``per_device * world_size`` rows
+    ``per_device`` (rows per rank per step), ``steps``, ``seed``, ``lr`` (plain SGD) and
+    optionally ``dtype`` ("float64" for exact comparisons; float32 by default). The global batch is ``per_device * world_size`` rows
     drawn as ``lab.training.train`` draws them; rank r takes rows
     ``[r * per_device, (r + 1) * per_device)`` of it. Each step: broadcast rank 0's
     buffers, forward, loss (mean over the local rows: averaging the gradients then
@@ -262,6 +263,9 @@ def data_parallel_worker(rank: int, world_size: int, runs: list[dict], x_train, 
     results = []
     for run in runs:
         model = _build(run["norm"], run["seed"], run.get("arch", "mlp"))
+        x_run = x_all
+        if run.get("dtype") == "float64":
+            model, x_run = model.double(), x_all.double()
         opt = torch.optim.SGD(model.parameters(), lr=run["lr"])
         b = run["per_device"]
         batches = global_batches(len(x_all), b * world_size, run["steps"], run["seed"])
@@ -272,7 +276,7 @@ def data_parallel_worker(rank: int, world_size: int, runs: list[dict], x_train, 
             with _CountCollectives(counts if step == len(batches) - 1 else None):
                 start = time.perf_counter()
                 broadcast_buffers(model)
-                loss = F.cross_entropy(model(x_all[local]), y_all[local])
+                loss = F.cross_entropy(model(x_run[local]), y_all[local])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 allreduce_gradients(model)
