@@ -390,6 +390,20 @@ def test_autocast_keeps_statistics_and_buffers_float32():
     assert torch.allclose(layer.running_var, ref.running_var, rtol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_autocast_float16_on_cuda():
+    torch.manual_seed(0)
+    layer, ref = SyncBatchNorm(3).cuda(), nn.BatchNorm2d(3).cuda()
+    x = (torch.randn(64, 3, 32, 32, device="cuda") + 1).half()  # 65536 values per channel
+    with torch.autocast("cuda", dtype=torch.float16):
+        y = layer(x)
+        ref(x)
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    assert layer.running_mean.dtype == torch.float32
+    assert torch.allclose(layer.running_mean, ref.running_mean, atol=1e-5)
+    assert torch.allclose(layer.running_var, ref.running_var, rtol=1e-4)
+
+
 @pytest.mark.parametrize("source", [nn.BatchNorm2d, OurBatchNorm2d])
 def test_convert_keeps_state_exactly(source):
     model = nn.Sequential(nn.Conv2d(1, 3, 3), source(3, momentum=0.3, eps=1e-3), nn.ReLU(), nn.Sequential(source(3)))

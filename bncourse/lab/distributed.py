@@ -8,9 +8,9 @@ order. It is bounded and leaves nothing behind:
 
 - every collective times out after ``timeout`` seconds (the process group's own
   timeout), and the parent waits at most ``timeout`` seconds for all results;
-- if a worker raises, the parent kills the others at once (they may be blocked in
-  a collective the failed rank will never join) and raises ``RuntimeError`` with
-  the worker's traceback;
+- if a worker raises, the parent kills the others (they may be blocked in a
+  collective the failed rank will never join) and raises ``RuntimeError`` with the
+  worker's traceback, and those of peers that failed in the next 2 seconds;
 - on every exit path (success, error, timeout, KeyboardInterrupt) each worker
   still alive is killed and joined.
 
@@ -88,11 +88,31 @@ def _worker(
         )
         try:
             value = fn(rank, world_size, *args)
+        except BaseException:  # noqa: BLE001 - report anything to the parent
+            # Before leaving the group: peers then fail too ("connection closed"), and the
+            # root cause should reach the parent first.
+            results.put((rank, "error", traceback.format_exc()))
+            return
         finally:
             dist.destroy_process_group()
         results.put((rank, "ok", pickle.dumps(value)))
-    except BaseException:  # noqa: BLE001 - report anything to the parent
+    except BaseException:  # noqa: BLE001 - e.g. init_process_group failed
         results.put((rank, "error", traceback.format_exc()))
+
+
+def _failures(rank: int, message: str, world_size: int, results: Any, grace: float = 2.0) -> str:
+    """The first failure, and any other that arrives within ``grace`` seconds (a failure on
+    one rank usually makes its peers fail too; all are reported, in order of arrival)."""
+    failures = [f"worker {rank} of {world_size} failed:\n{message}"]
+    deadline = time.monotonic() + grace
+    while len(failures) < world_size and time.monotonic() < deadline:
+        try:
+            other, status, payload = results.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue_module.Empty:
+            break
+        if status == "error":
+            failures.append(f"worker {other} of {world_size} failed too:\n{payload}")
+    return "\n".join(failures)
 
 
 def launch(
@@ -120,7 +140,8 @@ def launch(
         ``[result of rank 0, ..., result of rank W-1]``.
 
     Raises:
-        RuntimeError: a worker raised (its traceback is in the message) or died.
+        RuntimeError: a worker raised (its traceback is in the message, with those of the
+            workers that failed within the next 2 seconds) or died.
         TimeoutError: not all results arrived within ``timeout`` seconds.
     """
     if not isinstance(world_size, int) or world_size < 1:
@@ -161,7 +182,7 @@ def launch(
                     ) from None
                 continue
             if status == "error":
-                raise RuntimeError(f"worker {rank} of {world_size} failed:\n{payload}")
+                raise RuntimeError(_failures(rank, payload, world_size, results))
             out[rank] = pickle.loads(payload)  # our own workers' results, not untrusted input
         for p in procs:
             p.join(timeout=max(deadline - time.monotonic(), 1.0))

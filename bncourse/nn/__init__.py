@@ -4,6 +4,9 @@ Drop-in replacements for ``torch.nn.BatchNorm1d/2d/3d``, ``LayerNorm`` and
 ``GroupNorm`` whose backward passes are the hand-derived compact formulas
 (``torch.autograd.Function``), a naive autograd version for comparison, and
 :func:`replace_batchnorm` to put the course's layer into any torch model.
+Across devices and batches: :class:`SyncBatchNorm` (global-batch statistics on
+``torch.distributed``), :class:`BatchRenorm1d`/``2d`` (Ioffe, 2017) and
+:class:`GhostBatchNorm1d`/``2d`` (Hoffer et al., 2017).
 """
 
 from .batchnorm import (
