@@ -4,6 +4,9 @@ Drop-in replacements for ``torch.nn.BatchNorm1d/2d/3d``, ``LayerNorm`` and
 ``GroupNorm`` whose backward passes are the hand-derived compact formulas
 (``torch.autograd.Function``), a naive autograd version for comparison, and
 :func:`replace_batchnorm` to put the course's layer into any torch model.
+Across devices and batches: :class:`SyncBatchNorm` (global-batch statistics on
+``torch.distributed``), :class:`BatchRenorm1d`/``2d`` (Ioffe, 2017) and
+:class:`GhostBatchNorm1d`/``2d`` (Hoffer et al., 2017).
 """
 
 from .batchnorm import (
@@ -18,6 +21,9 @@ from . import utils
 from .naive import naive_batchnorm
 from .norms import GroupNorm, LayerNorm, RowNormFunction, group_norm, layer_norm
 from .utils import recalibrate_bn, run_in_mode
+from .sync_batchnorm import SyncBatchNorm
+from .batch_renorm import BatchRenorm1d, BatchRenorm2d, LinearRamp
+from .ghost import GhostBatchNorm1d, GhostBatchNorm2d
 
 __all__ = [
     "BatchNorm1d",
@@ -33,6 +39,12 @@ __all__ = [
     "naive_batchnorm",
     "recalibrate_bn",
     "run_in_mode",
+    "SyncBatchNorm",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "LinearRamp",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
     "replace_batchnorm",
     "utils",
 ]
