@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from bncourse.grading.exercises import EXERCISES, get_exercise
@@ -76,3 +78,28 @@ def exercise_scores(results: dict) -> dict[str, float]:
 
 def all_outputs(results: dict) -> str:
     return results["output"] + "\n" + "\n".join(t["output"] for t in results["tests"])
+
+
+def leftovers(pid: int | None = None) -> tuple[list[str], list[str]]:
+    """``(processes, work dirs)`` a grading process ``pid`` (default: this one) left behind.
+
+    Processes: its children running the sandbox runner, and any process whose command line
+    names one of its work directories (an orphan of the plain-process sandbox).
+    """
+    pid = os.getpid() if pid is None else pid
+    prefix = f"bncourse-grade-{pid}-"
+    procs = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if prefix in cmd or (ppid == pid and "runner.py" in cmd):
+            procs.append(f"{entry}: {cmd[:200]}")
+    dirs = sorted(str(p) for p in Path(tempfile.gettempdir()).glob(prefix + "*"))
+    return procs, dirs
