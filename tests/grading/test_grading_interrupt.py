@@ -27,8 +27,9 @@ from grading_helpers import PATHS, ROOT, answer_source, leftovers, results_of, w
 LOOP = "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n    while True:\n        pass\n"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_batch_writes_grades_csv_and_exits_within_seconds(tmp_path, signum):
+@pytest.mark.parametrize("signum, mode", [(signal.SIGINT, "auto"), (signal.SIGTERM, "auto"),
+                                          (signal.SIGINT, "process")])
+def test_an_interrupted_batch_writes_grades_csv_and_exits_within_seconds(tmp_path, signum, mode):
     subs = tmp_path / "subs"
     subs.mkdir()
     shutil.copyfile(PATHS["solutions"] / "ex01_forward.ipynb", subs / "a_control.ipynb")
@@ -37,7 +38,7 @@ def test_an_interrupted_batch_writes_grades_csv_and_exits_within_seconds(tmp_pat
     out = tmp_path / "out"
     log = tmp_path / "stderr.txt"
     args = [sys.executable, "-m", "bncourse.cli", "grade", *sorted(str(p) for p in subs.iterdir()),
-            "--out", str(out), "--jobs", "1", "--timeout", "60"]
+            "--out", str(out), "--jobs", "1", "--timeout", "60", "--sandbox", mode]
     with open(log, "w") as err:
         proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     try:
