@@ -2,12 +2,15 @@
 
 For one submission (a notebook, or a directory of notebooks), :meth:`Grader.grade`
 
-1. parses each notebook as JSON and works out which exercise it is;
+1. reads each notebook (regular files only, never through a symbolic link, with a byte
+   cap), parses it as JSON and works out which exercise it is (by metadata, then
+   content, then file name; in a directory, per exercise, the answered and newest
+   notebook is graded and the others are named as ignored);
 2. takes **only the answer cells** from it (everything else comes from the released
    template in ``book/exercises/``);
 3. generates the hidden cases of each exercise in this trusted process, seeded from
-   the answer code, writes their inputs as ``.npy`` into a fresh directory, and
-   keeps the expected values to itself;
+   the instructor's secret and seed and the exercise (never from the submission), writes
+   their inputs into a fresh 0700 directory, and keeps the expected values to itself;
 4. runs one sandboxed process for all exercises (``sandbox.py`` + ``runner.py``);
    when an exercise times out or the process dies, the run restarts after that
    exercise, so one infinite loop costs only its own exercise;
@@ -17,8 +20,10 @@ For one submission (a notebook, or a directory of notebooks), :meth:`Grader.grad
 6. returns Gradescope's ``results.json`` structure.
 
 :func:`grade_batch` does this for many submissions in parallel, atomically writes
-``<out>/<name>/results.json`` and ``<out>/grades.csv``, and on a rerun skips any
-submission whose results are already there for the same submission and grader.
+``<out>/<name>/results.json`` (``<name>`` from :func:`result_name`: distinct for distinct
+file names) and ``<out>/grades.csv`` (every result in ``<out>``), on a rerun skips any
+submission whose results are already there for the same submission and grader, and on
+Ctrl-C stops within seconds and still writes ``grades.csv``.
 """
 
 from __future__ import annotations
@@ -504,14 +509,14 @@ class Grader:
             if kind == "start":
                 run.started, current = True, ex_id
             elif kind == "answer_error" and run.answer_error is None:
-                run.answer_error = str(event.get("msg", ""))[:800]
+                run.answer_error = _event_text(event.get("msg", ""))
             elif kind == "case_start" and isinstance(event.get("case"), int):
                 run.killed_case = event["case"]
             elif kind == "case" and isinstance(event.get("case"), int):
                 if event.get("ok"):
                     run.case_done.add(event["case"])
                 else:
-                    run.case_errors.setdefault(event["case"], str(event.get("msg", ""))[:800])
+                    run.case_errors.setdefault(event["case"], _event_text(event.get("msg", "")))
                 run.killed_case = None
             elif kind == "end":
                 run.ended = True
@@ -655,6 +660,11 @@ class Grader:
                 "student_output": student_output,
             }},
         }
+
+
+def _event_text(value: Any, limit: int = 800) -> str:
+    """A message from the sandbox as text that can be written anywhere (no lone surrogates)."""
+    return str(value)[:limit].encode("utf-8", "replace").decode("utf-8")
 
 
 def _code_key(code: str) -> str:

@@ -19,7 +19,7 @@ import pytest
 
 from bncourse.grading.grader import Submission, collect_submissions, grade_batch
 from bncourse.grading.judge import JudgeError, parse_npy
-from bncourse.grading.notebooks import NotebookError, parse_notebook
+from bncourse.grading.notebooks import NotebookError, foreign_format_hint, parse_notebook
 
 from grading_helpers import (PATHS, all_outputs, answer_source, exercise_scores, leftovers, load,
                              results_of, with_answer, write_nb)
@@ -195,3 +195,11 @@ def test_crafted_notebook_json_is_a_notebook_or_a_notebook_error(text):
     except NotebookError:
         return
     json.dumps(nb, ensure_ascii=False).encode("utf-8")  # whatever came through can be written out
+
+
+def test_foreign_formats_get_a_one_line_hint():
+    otter = {"cells": [{"cell_type": "markdown", "source": "<!-- BEGIN QUESTION -->"},
+                       {"cell_type": "code", "source": "# BEGIN SOLUTION\nx = 1\n# END SOLUTION"}]}
+    hint = foreign_format_hint(otter)
+    assert hint and "otter-grader" in hint and "book/exercises/" in hint and "\n" not in hint
+    assert foreign_format_hint({"cells": [{"cell_type": "code", "source": "x = 1", "metadata": {}}]}) is None
