@@ -32,16 +32,11 @@ import concurrent.futures
 import hashlib
 import importlib.util
 import os
-import re
-import shutil
 import signal
-import stat
 import sys
-import tempfile
 import threading
 import time
 import traceback
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -50,12 +45,13 @@ import numpy as np
 
 from .exercises import EXERCISES, Exercise, get_exercise
 from .judge import JudgeError, judge_value, load_output
-from .notebooks import (MAX_NOTEBOOK_BYTES, AnswerError, Answers, NotebookError, cell_role, cell_source,
-                        display_name, extract_answers, foreign_format_hint, identify_exercise, read_notebook,
-                        read_regular_file, strip_magics)
+from .notebooks import (AnswerError, Answers, NotebookError, cell_role, cell_source, display_name,
+                        extract_answers, foreign_format_hint, identify_exercise, read_notebook, strip_magics)
 from .results import collect_rows, read_results, write_grades_csv, write_results
 from .sandbox import RUNNER, LaunchResult, Limits, Sandbox
 from .spec import Case, case_plan
+from .submissions import Submission, collect_submissions, result_name, walk_submission
+from .workdirs import clean_stale_workdirs, make_workdir, remove_tree
 
 __all__ = ["GRADER_VERSION", "Submission", "collect_submissions", "Grader", "grade_batch",
            "load_generators", "default_paths", "result_name", "walk_submission", "GradingCancelled",
@@ -63,7 +59,6 @@ __all__ = ["GRADER_VERSION", "Submission", "collect_submissions", "Grader", "gra
 
 GRADER_VERSION = "2"
 SECRET_FILE = "grading_secret"  # optional, in the hidden-test directory: mixed into every case seed
-WORKDIR_PREFIX = "bncourse-grade-"
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
 
 
@@ -74,148 +69,8 @@ def default_paths() -> dict[str, Path]:
             "solutions": root / "solutions"}
 
 
-RESERVED_NAMES = frozenset({"grades.csv"})  # files grade_batch writes next to the result directories
-MAX_DIR_ENTRIES = 400  # files and folders looked at in one directory submission
-MAX_DIR_DEPTH = 6
-
-
 class GradingCancelled(Exception):
     """Raised inside a worker when the batch was interrupted; its result is not written."""
-
-
-def result_name(stem: str) -> str:
-    """The results directory name for a submission called ``stem``: distinct, and safe as a path.
-
-    A name made only of letters and digits (any script, in NFC), ``.``, ``_`` and ``-``, not
-    starting with ``.`` and not reserved, is kept as it is (``Müller``, ``张伟``). Any other
-    name gets the safe part of it plus ``~`` and 10 hex digits of the SHA-256 of its original
-    bytes (``M_ller~3f0c...`` for a non-UTF-8 ``M\\xfcller``). Kept names never contain ``~``,
-    so a kept name and a hashed one can never be equal, and two hashed names are equal only if
-    the original names were.
-    """
-    raw = os.fsencode(stem)
-    keep = (stem.isprintable() and re.fullmatch(r"[\w.-]+", stem) is not None
-            and unicodedata.normalize("NFC", stem) == stem and not stem.startswith(".")
-            and stem.casefold() not in RESERVED_NAMES and len(raw) <= 100)
-    if keep:
-        return stem
-    readable = raw.decode("utf-8", "replace")
-    base = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", readable)).strip("._-")[:60]
-    return f"{base or 'submission'}~{hashlib.sha256(raw).hexdigest()[:10]}"
-
-
-def walk_submission(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
-    """Files in a directory submission, as ``(label, path)``, without following symbolic links.
-
-    Iterative (a student's tree may be thousands deep), bounded by :data:`MAX_DIR_ENTRIES`
-    and :data:`MAX_DIR_DEPTH`; hidden names and ``.ipynb_checkpoints`` are skipped. Every
-    non-directory entry is listed, special files included (reading them is refused later,
-    with a message). Returns the files and notes about what was not looked at.
-    """
-    files: list[tuple[str, Path]] = []
-    notes: list[str] = []
-    stack: list[tuple[Path, tuple[str, ...]]] = [(Path(root), ())]
-    seen = 0
-    while stack:
-        directory, parts = stack.pop()
-        try:
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: os.fsencode(e.name))
-        except OSError as err:
-            notes.append(f"could not list {display_name('/'.join(parts) or '.')}: {err.strerror}")
-            continue
-        subdirs = []
-        for entry in entries:
-            if entry.name.startswith(".") or entry.name == "__pycache__":
-                continue
-            seen += 1
-            if seen > MAX_DIR_ENTRIES:
-                notes.append(f"looked at the first {MAX_DIR_ENTRIES} files and folders only")
-                return files, notes
-            if entry.is_dir(follow_symlinks=False):
-                if len(parts) + 1 >= MAX_DIR_DEPTH:
-                    notes.append(f"ignored folders nested deeper than {MAX_DIR_DEPTH} levels")
-                    continue
-                subdirs.append((Path(entry.path), parts + (entry.name,)))
-            else:
-                files.append(("/".join(display_name(p) for p in parts + (entry.name,)), Path(entry.path)))
-        stack.extend(reversed(subdirs))
-    return files, list(dict.fromkeys(notes))
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One student's submission: a notebook file or a directory of notebooks.
-
-    ``name`` is the results directory (see :func:`result_name`); ``source`` is the
-    original file name as it can be shown (see :func:`~.notebooks.display_name`).
-    """
-
-    name: str
-    path: Path
-    source: str = ""
-
-    @property
-    def is_dir(self) -> bool:
-        """A real directory (a symbolic link to one is not: it is refused when read)."""
-        try:
-            return stat.S_ISDIR(os.lstat(self.path).st_mode)
-        except OSError:
-            return False
-
-    def digest(self) -> str:
-        """SHA-256 of what grading depends on: names, modification times and notebook bytes."""
-        h = hashlib.sha256()
-        files = walk_submission(self.path)[0] if self.is_dir else [(self.path.name, self.path)]
-        for label, path in files:
-            h.update(os.fsencode(str(label)) + b"\0")
-            try:
-                info = os.lstat(path)
-                h.update(f"{stat.S_IFMT(info.st_mode)}:{info.st_size}:{info.st_mtime_ns}".encode())
-            except OSError as err:
-                h.update(f"unreadable: {err.strerror}".encode())
-                continue
-            if path.suffix == ".ipynb" or not self.is_dir:
-                try:
-                    h.update(read_regular_file(path, MAX_NOTEBOOK_BYTES))
-                except NotebookError as err:
-                    h.update(str(err).encode("utf-8", "backslashreplace"))
-        return h.hexdigest()
-
-
-def collect_submissions(paths: list[str | Path]) -> list[Submission]:
-    """Submissions from command-line paths; ``ValueError`` for missing paths or clashing names.
-
-    A file is one submission named after its stem (``alice.ipynb`` -> ``alice``); a
-    directory is one submission named after the directory. Symbolic links and special
-    files are kept as submissions (they are graded 0 with a message, never read through).
-    Names that differ only in case get a hash suffix, so that they stay apart on
-    case-insensitive file systems; the very same name twice is refused.
-    """
-    found: list[tuple[str, Path, str]] = []
-    for raw in paths:
-        path = Path(raw)
-        try:
-            info = os.lstat(path)
-        except OSError:
-            raise ValueError(f"expected a submission file or directory, got {display_name(str(raw))!r}, "
-                             "which does not exist") from None
-        stem = path.name if stat.S_ISDIR(info.st_mode) or not path.suffix else path.stem
-        found.append((stem, path, display_name(path.name)))
-    by_fold: dict[str, set[str]] = {}
-    for stem, _, _ in found:
-        by_fold.setdefault(result_name(stem).casefold(), set()).add(stem)
-    subs: dict[str, Submission] = {}
-    for stem, path, source in found:
-        name = result_name(stem)
-        if len(by_fold[name.casefold()]) > 1 and "~" not in name:
-            name = f"{name}~{hashlib.sha256(os.fsencode(stem)).hexdigest()[:10]}"
-        if name in subs:
-            raise ValueError(f"two submissions would share the results directory {name!r}: "
-                             f"{display_name(str(subs[name].path))} and {display_name(str(path))}; "
-                             "rename one")
-        subs[name] = Submission(name, path, source)
-    return list(subs.values())
 
 
 def load_generators(hidden_dir: Path) -> dict[str, Callable[..., list[Case]]]:
@@ -445,7 +300,7 @@ class Grader:
         self._check_cancelled()
         # 0700 (mkdtemp's mode): student code and hidden inputs are nobody else's business. The
         # pid in the name lets the next run remove what a killed run left behind.
-        workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
+        workdir = make_workdir()
         try:
             self.sandbox.prepare(workdir)
             inside = self.sandbox.inside(workdir)
@@ -686,77 +541,6 @@ def _apportion(raw: list[float], total_cents: int) -> list[int]:
     return cents
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a work directory, however deep or unreadable student code made it; never raises.
-
-    Walks with directory file descriptors (``openat``/``unlinkat``), one level at a time,
-    so depth costs neither recursion nor path length nor more than two open descriptors.
-    """
-    path = Path(path)
-    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_DIRECTORY", 0) | os.O_RDONLY
-    try:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            os.unlink(path)
-            return
-        os.chmod(path, stat.S_IRWXU)
-        fd = os.open(path, nofollow)
-    except OSError:
-        _fallback_rmtree(path)
-        return
-    names: list[str] = []  # the directories entered below ``path``
-    try:
-        while True:
-            descend = None
-            with os.scandir(fd) as it:
-                entries = list(it)
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        descend = descend or entry.name
-                    else:
-                        os.unlink(entry.name, dir_fd=fd)
-                except OSError:
-                    pass
-            if descend is not None:
-                try:
-                    os.chmod(descend, stat.S_IRWXU, dir_fd=fd)
-                    child = os.open(descend, nofollow, dir_fd=fd)
-                except OSError:
-                    try:  # an empty directory we may not enter can still be removed
-                        os.rmdir(descend, dir_fd=fd)
-                        continue
-                    except OSError:
-                        break
-                os.close(fd)
-                fd = child
-                names.append(descend)
-                continue
-            if not names:
-                break
-            parent = os.open("..", nofollow, dir_fd=fd)
-            os.close(fd)
-            fd = parent
-            try:
-                os.rmdir(names.pop(), dir_fd=fd)
-            except OSError:
-                break
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    try:
-        os.rmdir(path)
-    except OSError:
-        _fallback_rmtree(path)
-
-
-def _fallback_rmtree(path: Path) -> None:
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    except RecursionError:
-        pass
-
-
 def _internal_error(sub: Submission, grader: Grader, err: BaseException) -> dict[str, Any]:
     detail = "".join(traceback.format_exception_only(type(err), err)).strip()
     return {
@@ -907,33 +691,3 @@ def _ignore_sigint() -> Any:
 def _restore_sigint(previous: Any) -> None:
     if previous is not None:
         signal.signal(signal.SIGINT, previous)
-
-
-def clean_stale_workdirs(tmp: str | None = None) -> list[str]:
-    """Remove work directories that killed runs of this user left in the temporary directory.
-
-    A work directory is named ``bncourse-grade-<pid>-...``; it is stale when no process
-    ``<pid>`` exists any more. Returns the removed paths.
-    """
-    tmp = tmp or tempfile.gettempdir()
-    removed = []
-    try:
-        entries = list(os.scandir(tmp))
-    except OSError:
-        return removed
-    for entry in entries:
-        m = re.fullmatch(re.escape(WORKDIR_PREFIX) + r"(\d+)-.*", entry.name)
-        if not m or int(m.group(1)) == os.getpid():
-            continue
-        try:
-            if entry.stat(follow_symlinks=False).st_uid != os.geteuid() or not entry.is_dir(follow_symlinks=False):
-                continue
-            os.kill(int(m.group(1)), 0)
-            continue  # that process is alive: maybe another batch
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue
-        remove_tree(Path(entry.path))
-        removed.append(entry.path)
-    return removed

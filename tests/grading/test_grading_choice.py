@@ -18,7 +18,7 @@ import pytest
 from bncourse.grading.exercises import get_exercise
 from bncourse.grading.grader import SECRET_FILE, Grader, collect_submissions, grade_batch
 
-from grading_helpers import (PATHS, TEST_LIMITS, answer_source, exercise_scores, leftovers, load, mutate,
+from grading_helpers import (PATHS, TEST_LIMITS, exercise_scores, leftovers, load, mutate,
                              results_of, with_answer, write_nb)
 
 UNBIASED = [("var = (centered * centered).mean(axis=0)",
@@ -120,4 +120,3 @@ def test_cases_depend_on_the_secret(sandbox, tmp_path):
     assert first(plain).shape != first(secret).shape or (first(plain) != first(secret)).any()
     assert first(secret).shape == first(bundled).shape and (first(secret) == first(bundled)).all()
     assert plain.fingerprint != secret.fingerprint
-    assert answer_source("ex01")  # the cases are the same whatever is submitted: no code argument

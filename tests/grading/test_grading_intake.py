@@ -14,7 +14,6 @@ import os
 import shutil
 import time
 
-import numpy as np
 import pytest
 
 from bncourse.grading.grader import Submission, collect_submissions, grade_batch

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from bncourse.grading.grader import clean_stale_workdirs, collect_submissions, grade_batch, remove_tree
+from bncourse.grading.grader import collect_submissions, grade_batch
+from bncourse.grading.workdirs import clean_stale_workdirs, remove_tree
 
 from grading_helpers import PATHS, ROOT, answer_source, leftovers, results_of, with_answer, write_nb
 

@@ -17,7 +17,8 @@ import stat
 
 import pytest
 
-from bncourse.grading.grader import _apportion, collect_submissions, grade_batch, result_name
+from bncourse.grading.grader import _apportion, collect_submissions, grade_batch
+from bncourse.grading.submissions import result_name
 from bncourse.grading.results import csv_cell
 
 from grading_helpers import PATHS, leftovers, mutate, results_of, write_nb
