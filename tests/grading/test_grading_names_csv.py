@@ -14,6 +14,8 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -21,7 +23,7 @@ from bncourse.grading.grader import _apportion, collect_submissions, grade_batch
 from bncourse.grading.submissions import result_name
 from bncourse.grading.results import csv_cell
 
-from grading_helpers import PATHS, leftovers, mutate, results_of, write_nb
+from grading_helpers import PATHS, ROOT, leftovers, mutate, results_of, write_nb
 
 SOLUTION = PATHS["solutions"] / "ex01_forward.ipynb"
 STUB = PATHS["templates"] / "ex01_forward.ipynb"
@@ -149,3 +151,15 @@ def test_csv_cell_and_apportion():
     thirds = [2 / 3] * 3 + [1 / 3] * 3
     cents = _apportion(thirds, 300)
     assert sum(cents) == 300 and all(abs(c - r * 100) < 1 for c, r in zip(cents, thirds))
+
+
+def test_the_results_folder_is_never_graded_as_a_submission(tmp_path):
+    subs = tmp_path / "subs"
+    (subs / "out").mkdir(parents=True)  # `bncourse grade subs/* --out subs/out`, run a second time
+    shutil.copyfile(SOLUTION, subs / "ann.ipynb")
+    run = subprocess.run([sys.executable, "-m", "bncourse.cli", "grade", str(subs / "ann.ipynb"),
+                          str(subs / "out"), "--out", str(subs / "out")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "skipping" in run.stderr and "it is the results directory --out" in run.stderr
+    assert sorted(p.name for p in (subs / "out").iterdir()) == ["ann", "grades.csv"]
