@@ -220,8 +220,10 @@ def identify_exercise(
 
     Tries, in order: the notebook's ``bncourse.exercise`` metadata, answer-cell
     metadata, cell ids (``ex03-...``), the content (the released template, from
-    ``templates`` keyed by exercise id, sharing clearly the most unchanged cells), and
-    last the file name. Returns ``(None, reason)`` when nothing matches.
+    ``templates`` keyed by exercise id, sharing clearly the most unchanged cells), the
+    functions and classes its code cells define (all those one exercise asks for, and more
+    of them than for any other exercise), and last the file name. Returns
+    ``(None, reason)`` when nothing matches.
     """
     ids = {ex.id for ex in EXERCISES}
     meta = nb.get("metadata")
@@ -245,13 +247,27 @@ def identify_exercise(
             reverse=True)
         if hits and hits[0][0] >= 2 and (len(hits) == 1 or hits[0][0] > hits[1][0]):
             return get_exercise(hits[0][1]), "content"
+    defined = _defined_names(nb)
+    by_names = sorted(((sum(n in defined for n in ex.names), ex.id) for ex in EXERCISES
+                       if all(n in defined for n in ex.names)), reverse=True)
+    if by_names and (len(by_names) == 1 or by_names[0][0] > by_names[1][0]):
+        return get_exercise(by_names[0][1]), "the functions it defines"
     base = Path(file_name).name
     if exercise_for_notebook(base) is not None:
         return exercise_for_notebook(base), "file name"
     m = re.search(r"ex(\d\d)", base)
     if m and f"ex{m.group(1)}" in ids:
         return get_exercise(f"ex{m.group(1)}"), "file name"
-    return None, "no bncourse metadata, content or file name matched any exercise"
+    return None, "no bncourse metadata, content, definitions or file name matched any exercise"
+
+
+_DEFINITION = re.compile(r"^(?:def|class)\s+([A-Za-z_]\w*)", re.MULTILINE)
+
+
+def _defined_names(nb: dict[str, Any]) -> set[str]:
+    """Top-level ``def``/``class`` names in the code cells (one linear pass)."""
+    return {m.group(1) for c in nb["cells"] if c.get("cell_type") == "code"
+            for m in _DEFINITION.finditer(cell_source(c))}
 
 
 def foreign_format_hint(nb: dict[str, Any]) -> str | None:

@@ -17,8 +17,9 @@ import pytest
 
 from bncourse.grading.exercises import get_exercise
 from bncourse.grading.grader import SECRET_FILE, Grader, collect_submissions, grade_batch
+from bncourse.grading.notebooks import identify_exercise
 
-from grading_helpers import (PATHS, TEST_LIMITS, exercise_scores, leftovers, load, mutate,
+from grading_helpers import (PATHS, TEST_LIMITS, answer_source, exercise_scores, leftovers, load, mutate,
                              results_of, with_answer, write_nb)
 
 UNBIASED = [("var = (centered * centered).mean(axis=0)",
@@ -42,6 +43,12 @@ def _bare(nb: dict) -> dict:
     return nb
 
 
+def _only_code(code: str) -> dict:
+    return {"cells": [{"cell_type": "code", "metadata": {}, "source": "import numpy as np\n\n" + code,
+                       "outputs": [], "execution_count": None}],
+            "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
 @pytest.fixture(scope="module")
 def graded(sandbox, tmp_path_factory):
     root = tmp_path_factory.mktemp("choice")
@@ -61,6 +68,8 @@ def graded(sandbox, tmp_path_factory):
         _age(folder / ("ex01_v1.ipynb" if newer == "v2" else "ex01_v2.ipynb"), 3600)
     # Metadata stripped, file name says Exercise 1, content is Exercise 6.
     write_nb(subs / "alex01.ipynb", _bare(load("ex06")))
+    # Only the answer, pasted into a fresh notebook named after Exercise 1: its definitions say 6.
+    write_nb(subs / "bob01.ipynb", _only_code(answer_source("ex06")))
     # The same bug, commented differently: wrong only for odd batch sizes, so the grade depended
     # on the random shapes, which used to be seeded from the answer's text.
     bug = mutate("ex01", ODD_BATCH)
@@ -72,7 +81,7 @@ def graded(sandbox, tmp_path_factory):
     out = root / "out"
     grade_batch(grader, collect_submissions(sorted(subs.iterdir())), out, jobs=2, progress=None)
     return {name: results_of(out, name)
-            for name in ("copy", "newer_right", "newer_wrong", "alex01", "bug_a", "bug_b")}
+            for name in ("copy", "newer_right", "newer_wrong", "alex01", "bob01", "bug_a", "bug_b")}
 
 
 def test_the_answered_notebook_beats_a_newer_unanswered_copy(graded):
@@ -96,6 +105,20 @@ def test_content_identifies_the_exercise_before_the_file_name(graded):
     results = graded["alex01"]
     assert exercise_scores(results) == {"ex01": 0.0, "ex06": 10.0}, results["output"]
     assert "no notebook for Exercise 1" in results["output"]
+
+
+def test_definitions_identify_the_exercise_before_the_file_name(graded):
+    results = graded["bob01"]
+    assert exercise_scores(results) == {"ex01": 0.0, "ex06": 10.0}, results["output"]
+
+
+def test_identification_by_definitions_needs_a_clear_winner():
+    helper = "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n    pass\n\n"
+    spatial = _only_code(helper + answer_source("ex05"))  # reuses Exercise 1's function
+    assert identify_exercise(spatial, "homework.ipynb") == (get_exercise("ex05"), "the functions it defines")
+    torch_layer = _only_code(helper + "class BatchNorm1d:\n    pass\n")  # one name each: a tie
+    assert identify_exercise(torch_layer, "homework.ipynb")[0] is None
+    assert identify_exercise(torch_layer, "ex07_torch_batchnorm1d.ipynb")[0] is get_exercise("ex07")
 
 
 def test_the_same_bug_with_different_comments_gets_the_same_grade(graded):
