@@ -659,9 +659,11 @@ def _stop(grader: Grader, pool: concurrent.futures.ThreadPoolExecutor,
 
 
 def _kill_sandboxes() -> None:
-    """SIGKILL the process group of each sandbox this process started (children running runner.py).
+    """SIGKILL the process group of each sandbox this process started.
 
-    Sandboxes run in their own session, so Ctrl-C in the terminal does not reach them.
+    Sandboxes run in their own session, so Ctrl-C in the terminal does not reach them; they
+    are found as this process's children that lead their own session (``Sandbox.run``
+    starts them with ``start_new_session=True``; nothing else in the grader does).
     """
     proc = Path("/proc")
     if not proc.is_dir():
@@ -674,8 +676,6 @@ def _kill_sandboxes() -> None:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             ppid, session = int(fields[1]), int(fields[3])
             if ppid != me or session != int(entry.name):
-                continue
-            if b"runner.py" not in (entry / "cmdline").read_bytes():
                 continue
             os.killpg(int(entry.name), signal.SIGKILL)
         except (OSError, ValueError, IndexError):
