@@ -626,7 +626,7 @@ def grade_batch(grader: Grader, submissions: list[Submission], out_dir: Path, jo
                 if outcome is not None:
                     report(futures[future], outcome)
     except BaseException:
-        previous = _ignore_sigint()
+        previous = _ignore_signals()
         try:
             _stop(grader, pool, futures)
             write_grades_csv(out_dir / "grades.csv", collect_rows(out_dir))
@@ -636,7 +636,7 @@ def grade_batch(grader: Grader, submissions: list[Submission], out_dir: Path, jo
                                "command again to grade the rest.\n")
                 progress.flush()
         finally:
-            _restore_sigint(previous)
+            _restore_signals(previous)
         raise
     pool.shutdown(wait=True)
     write_grades_csv(out_dir / "grades.csv", collect_rows(out_dir))
@@ -682,12 +682,14 @@ def _kill_sandboxes() -> None:
             continue
 
 
-def _ignore_sigint() -> Any:
+def _ignore_signals() -> Any:
+    """Ignore SIGINT and SIGTERM while the interrupted batch cleans up; returns the old handlers."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def _restore_sigint(previous: Any) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGINT, previous)
+def _restore_signals(previous: Any) -> None:
+    for sig, handler in (previous or {}).items():
+        if handler is not None:
+            signal.signal(sig, handler)
