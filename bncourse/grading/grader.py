@@ -625,13 +625,14 @@ def grade_batch(grader: Grader, submissions: list[Submission], out_dir: Path, jo
                 outcome = future.result()
                 if outcome is not None:
                     report(futures[future], outcome)
-    except BaseException:
+    except BaseException as exc:  # Ctrl-C, SIGTERM (via the CLI), or results that cannot be written
         previous = _ignore_signals()
         try:
             _stop(grader, pool, futures)
             write_grades_csv(out_dir / "grades.csv", collect_rows(out_dir))
             if progress is not None:
-                progress.write(f"interrupted after {done} of {total} submission(s); wrote "
+                why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc!r}"
+                progress.write(f"{why} after {done} of {total} submission(s); wrote "
                                f"{out_dir / 'grades.csv'} from the results already graded. Run the same "
                                "command again to grade the rest.\n")
                 progress.flush()
