@@ -228,7 +228,7 @@ def identify_exercise(
     ids = {ex.id for ex in EXERCISES}
     meta = nb.get("metadata")
     info = meta.get("bncourse") if isinstance(meta, dict) else None
-    if isinstance(info, dict) and info.get("exercise") in ids:
+    if isinstance(info, dict) and isinstance(info.get("exercise"), str) and info["exercise"] in ids:
         return get_exercise(info["exercise"]), "notebook metadata"
     for cell in nb["cells"]:
         role, detail = cell_role(cell)

@@ -202,3 +202,48 @@ def test_foreign_formats_get_a_one_line_hint():
     hint = foreign_format_hint(otter)
     assert hint and "otter-grader" in hint and "book/exercises/" in hint and "\n" not in hint
     assert foreign_format_hint({"cells": [{"cell_type": "code", "source": "x = 1", "metadata": {}}]}) is None
+
+
+def test_odd_json_values_anywhere_in_a_notebook_never_raise_anything_else():
+    """Values of the wrong type at random places: a NotebookError/AnswerError, or it works."""
+    import copy
+    import random
+
+    from bncourse.grading.exercises import EXERCISES
+    from bncourse.grading.notebooks import AnswerError, extract_answers, identify_exercise
+
+    templates = {ex.id: load(ex.id, "templates") for ex in EXERCISES}
+    weird = [[], {}, None, 10**100, 1.5, float("nan"), True, "ex01", [1, [2]], {"answer": "ex01"},
+             {"bncourse": {"exercise": []}}, {"bncourse": {"answer": {}}}, {"bncourse": []}]
+
+    def paths(obj, path=()):
+        yield path
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+        for key, value in items:
+            yield from paths(value, path + (key,))
+
+    rng = random.Random(0)
+    solutions = [load(ex.id) for ex in EXERCISES]
+    for _ in range(1000):
+        nb = copy.deepcopy(rng.choice(solutions))
+        candidates = [p for p in paths(nb) if p]
+        for _ in range(rng.randint(1, 4)):
+            path = rng.choice(candidates)
+            try:
+                parent = nb
+                for key in path[:-1]:
+                    parent = parent[key]
+                parent[path[-1]] = copy.deepcopy(rng.choice(weird))
+            except (KeyError, IndexError, TypeError):
+                pass
+        try:
+            parsed = parse_notebook(json.dumps(nb).encode(), "x.ipynb")
+        except NotebookError:
+            continue
+        identify_exercise(parsed, "x.ipynb", templates)
+        foreign_format_hint(parsed)
+        for ex in EXERCISES:
+            try:
+                extract_answers(templates[ex.id], parsed, ex)
+            except AnswerError:
+                pass
