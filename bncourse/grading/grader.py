@@ -361,17 +361,20 @@ class Grader:
             run = by_id.get(ex_id) if isinstance(ex_id, str) and ex_id in remaining else None
             if run is None:
                 continue
+            case = event.get("case")
+            # Events can be forged by student code: a case index must be one of this exercise's.
+            case = case if type(case) is int and 0 <= case < len(run.cases) else None
             if kind == "start":
                 run.started, current = True, ex_id
             elif kind == "answer_error" and run.answer_error is None:
                 run.answer_error = _event_text(event.get("msg", ""))
-            elif kind == "case_start" and isinstance(event.get("case"), int):
-                run.killed_case = event["case"]
-            elif kind == "case" and isinstance(event.get("case"), int):
-                if event.get("ok"):
-                    run.case_done.add(event["case"])
+            elif kind == "case_start" and case is not None:
+                run.killed_case = case
+            elif kind == "case" and case is not None:
+                if event.get("ok") is True:
+                    run.case_done.add(case)
                 else:
-                    run.case_errors.setdefault(event["case"], _event_text(event.get("msg", "")))
+                    run.case_errors.setdefault(case, _event_text(event.get("msg", "")))
                 run.killed_case = None
             elif kind == "end":
                 run.ended = True

@@ -247,3 +247,23 @@ def test_odd_json_values_anywhere_in_a_notebook_never_raise_anything_else():
                 extract_answers(templates[ex.id], parsed, ex)
             except AnswerError:
                 pass
+
+
+def test_forged_events_with_odd_case_numbers_change_nothing(grader):
+    from bncourse.grading.exercises import get_exercise
+    from bncourse.grading.grader import Grader, _Run
+    from bncourse.grading.sandbox import LaunchResult
+
+    ex = get_exercise("ex01")
+    run = _Run(ex, grader.cases_for(ex))
+    events = [{"ev": "start", "ex": "ex01"},
+              {"ev": "case_start", "ex": "ex01", "case": int("9" * 4300)},
+              {"ev": "case", "ex": "ex01", "case": -1, "ok": True},
+              {"ev": "case", "ex": "ex01", "case": True, "ok": True},
+              {"ev": "case", "ex": "ex01", "case": 0, "ok": "yes"},
+              {"ev": "answer_error", "ex": "ex01", "msg": "\udc80" * 2000}]
+    result = LaunchResult(events, "", 0, -9, "timeout", 1.0)
+    assert Grader._apply_events(result, {"ex01": run}, ["ex01"]) == "ex01"
+    assert run.case_done == set() and run.killed_case is None
+    assert len(run.answer_error) == 800 and run.answer_error.encode("utf-8")
+    assert "timed out" in grader._failure_message(result, ex.label, run.killed_case)
