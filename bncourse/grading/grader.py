@@ -50,7 +50,7 @@ from .notebooks import (AnswerError, Answers, NotebookError, cell_role, cell_sou
 from .results import collect_rows, read_results, write_grades_csv, write_results
 from .sandbox import RUNNER, LaunchResult, Limits, Sandbox
 from .spec import Case, case_plan
-from .submissions import Submission, collect_submissions, result_name, walk_submission
+from .submissions import MAX_SUBMISSION_BYTES, Submission, collect_submissions, result_name, walk_submission
 from .workdirs import clean_stale_workdirs, make_workdir, remove_tree
 
 __all__ = ["GRADER_VERSION", "Submission", "collect_submissions", "Grader", "grade_batch",
@@ -264,10 +264,17 @@ class Grader:
             if sub.path.suffix != ".ipynb":
                 notes.append(f"{display_name(sub.path.name)} does not end in .ipynb; expected a Jupyter notebook")
         candidates: dict[str, list[tuple[bool, int, str, dict]]] = {}
-        for label, path in files:
+        budget = MAX_SUBMISSION_BYTES
+        for k, (label, path) in enumerate(files):
             try:
+                info = os.lstat(path)
+                budget -= info.st_size
+                if budget < 0:
+                    notes.append(f"read only the first {k} notebook(s): together the notebooks exceed "
+                                 f"{MAX_SUBMISSION_BYTES // 10**6} MB")
+                    break
                 nb = read_notebook(path, follow_symlinks=False)
-                mtime = os.lstat(path).st_mtime_ns
+                mtime = info.st_mtime_ns
             except NotebookError as err:
                 notes.append(str(err) if not sub.is_dir else f"{label}: {err}")
                 continue

@@ -18,11 +18,12 @@ from pathlib import Path
 from .notebooks import MAX_NOTEBOOK_BYTES, NotebookError, display_name, read_regular_file
 
 __all__ = ["Submission", "collect_submissions", "result_name", "walk_submission", "RESERVED_NAMES",
-           "MAX_DIR_ENTRIES", "MAX_DIR_DEPTH"]
+           "MAX_DIR_ENTRIES", "MAX_DIR_DEPTH", "MAX_SUBMISSION_BYTES"]
 
 RESERVED_NAMES = frozenset({"grades.csv"})  # files grade_batch writes next to the result directories
 MAX_DIR_ENTRIES = 400  # files and folders looked at in one directory submission
 MAX_DIR_DEPTH = 6
+MAX_SUBMISSION_BYTES = 100_000_000  # all notebooks of one directory submission together
 
 
 def result_name(stem: str) -> str:
@@ -109,6 +110,7 @@ class Submission:
         """SHA-256 of what grading depends on: names, modification times and notebook bytes."""
         h = hashlib.sha256()
         files = walk_submission(self.path)[0] if self.is_dir else [(self.path.name, self.path)]
+        budget = MAX_SUBMISSION_BYTES  # as in grading: notebooks beyond it are not read
         for label, path in files:
             h.update(os.fsencode(str(label)) + b"\0")
             try:
@@ -118,6 +120,9 @@ class Submission:
                 h.update(f"unreadable: {err.strerror}".encode())
                 continue
             if path.suffix == ".ipynb" or not self.is_dir:
+                budget -= info.st_size
+                if budget < 0:
+                    continue
                 try:
                     h.update(read_regular_file(path, MAX_NOTEBOOK_BYTES))
                 except NotebookError as err:

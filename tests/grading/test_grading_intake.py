@@ -267,3 +267,18 @@ def test_forged_events_with_odd_case_numbers_change_nothing(grader):
     assert run.case_done == set() and run.killed_case is None
     assert len(run.answer_error) == 800 and run.answer_error.encode("utf-8")
     assert "timed out" in grader._failure_message(result, ex.label, run.killed_case)
+
+
+def test_a_directory_is_read_up_to_a_total_byte_budget(grader, tmp_path, monkeypatch):
+    import bncourse.grading.grader as grader_module
+
+    folder = tmp_path / "big"
+    for ex_id in ("ex01", "ex02", "ex03"):
+        nb = load(ex_id)
+        nb["cells"].append({"cell_type": "markdown", "metadata": {}, "source": "x" * 400_000})
+        write_nb(folder / PATHS["solutions"].joinpath(f"{ex_id}.ipynb").name, nb)
+    monkeypatch.setattr(grader_module, "MAX_SUBMISSION_BYTES", 1_000_000)
+    results = grader.grade(Submission("big", folder))
+    scores = exercise_scores(results)
+    assert (scores["ex01"], scores["ex02"], scores["ex03"]) == (10.0, 10.0, 0.0)
+    assert "read only the first 2 notebook(s): together the notebooks exceed 1 MB" in results["output"]
