@@ -51,7 +51,7 @@ from .results import collect_rows, read_results, write_grades_csv, write_results
 from .sandbox import RUNNER, LaunchResult, Limits, Sandbox
 from .spec import Case, case_plan
 from .submissions import MAX_SUBMISSION_BYTES, Submission, collect_submissions, result_name, walk_submission
-from .workdirs import clean_stale_workdirs, make_workdir, remove_tree
+from .workdirs import WORKDIR_PREFIX, clean_stale_workdirs, make_workdir, remove_tree
 
 __all__ = ["GRADER_VERSION", "Submission", "collect_submissions", "Grader", "grade_batch",
            "load_generators", "default_paths", "result_name", "walk_submission", "GradingCancelled",
@@ -667,30 +667,43 @@ def _stop(grader: Grader, pool: concurrent.futures.ThreadPoolExecutor,
     while running and time.monotonic() < deadline:
         _kill_sandboxes()
         _, running = concurrent.futures.wait(running, timeout=0.1)
+    # bubblewrap's inner process dies with its parent, a moment later: wait for it (bounded).
+    settle = time.monotonic() + 5.0
+    while _kill_sandboxes() and time.monotonic() < settle:
+        time.sleep(0.05)
 
 
-def _kill_sandboxes() -> None:
-    """SIGKILL the process group of each sandbox this process started.
+def _kill_sandboxes() -> int:
+    """SIGKILL every sandbox process of this grader; returns how many were found.
 
-    Sandboxes run in their own session, so Ctrl-C in the terminal does not reach them; they
-    are found as this process's children that lead their own session (``Sandbox.run``
-    starts them with ``start_new_session=True``; nothing else in the grader does).
+    Sandboxes run in their own session, so Ctrl-C in the terminal does not reach them. They
+    are this process's children that lead their own session (``Sandbox.run`` starts them
+    with ``start_new_session=True``; nothing else in the grader does), and any process whose
+    command line names one of this process's work directories (bubblewrap's inner process,
+    in a session of its own).
     """
     proc = Path("/proc")
     if not proc.is_dir():
-        return
-    me = os.getpid()
+        return 0
+    me, found = os.getpid(), 0
+    marker = f"{WORKDIR_PREFIX}{me}-".encode()
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            ppid, session = int(fields[1]), int(fields[3])
-            if ppid != me or session != int(entry.name):
+            pid, ppid, session = int(entry.name), int(fields[1]), int(fields[3])
+            if fields[0] == "Z":  # already dead, waiting to be reaped
                 continue
-            os.killpg(int(entry.name), signal.SIGKILL)
+            if ppid == me and session == pid:
+                found += 1
+                os.killpg(pid, signal.SIGKILL)
+            elif marker in (entry / "cmdline").read_bytes():
+                found += 1
+                os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError, IndexError):
             continue
+    return found
 
 
 def _ignore_signals() -> Any:

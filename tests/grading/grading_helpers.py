@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from bncourse.grading.exercises import EXERCISES, get_exercise
@@ -80,13 +81,23 @@ def all_outputs(results: dict) -> str:
     return results["output"] + "\n" + "\n".join(t["output"] for t in results["tests"])
 
 
-def leftovers(pid: int | None = None) -> tuple[list[str], list[str]]:
+def leftovers(pid: int | None = None, settle: float = 3.0) -> tuple[list[str], list[str]]:
     """``(processes, work dirs)`` a grading process ``pid`` (default: this one) left behind.
 
     Processes: its children running the sandbox runner, and any process whose command line
-    names one of its work directories (an orphan of the plain-process sandbox).
+    names one of its work directories (an orphan of the plain-process sandbox, bubblewrap's
+    inner process). Those still dying get ``settle`` seconds (bubblewrap's inner process
+    is killed when its parent dies, a moment after it).
     """
-    pid = os.getpid() if pid is None else pid
+    deadline = time.monotonic() + settle
+    while True:
+        found = _leftovers(os.getpid() if pid is None else pid)
+        if found == ([], []) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def _leftovers(pid: int) -> tuple[list[str], list[str]]:
     prefix = f"bncourse-grade-{pid}-"
     procs = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
@@ -96,8 +107,11 @@ def leftovers(pid: int | None = None) -> tuple[list[str], list[str]]:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
             with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+                ppid = int(ppid)
         except (OSError, ValueError, IndexError):
+            continue
+        if state == "Z":
             continue
         if prefix in cmd or (ppid == pid and "runner.py" in cmd):
             procs.append(f"{entry}: {cmd[:200]}")

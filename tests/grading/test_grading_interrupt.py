@@ -46,9 +46,9 @@ def test_an_interrupted_batch_writes_grades_csv_and_exits_within_seconds(tmp_pat
         deadline = time.monotonic() + 120
         # Wait until the first loop is running in its sandbox.
         while time.monotonic() < deadline and not (
-                (out / "a_control" / "results.json").exists() and leftovers(proc.pid)[0]):
+                (out / "a_control" / "results.json").exists() and leftovers(proc.pid, settle=0)[0]):
             time.sleep(0.05)
-        assert leftovers(proc.pid)[0], "the loop never started"
+        assert leftovers(proc.pid, settle=0)[0], "the loop never started"
         started = time.monotonic()
         os.kill(proc.pid, signum)
         code = proc.wait(timeout=30)
