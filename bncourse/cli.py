@@ -47,35 +47,63 @@ def _cmd_release(args: argparse.Namespace) -> int:
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
+    import signal
+
     from .grading.grader import Grader, collect_submissions, grade_batch
     from .grading.sandbox import Limits, detect_sandbox
 
     paths = _paths()
     hidden = Path(args.hidden) if args.hidden else paths["hidden"]
     templates = Path(args.templates) if args.templates else paths["templates"]
+    out = Path(args.out)
+    # SIGTERM (kill, a scheduler's timeout) stops a batch the way Ctrl-C does: grades.csv is written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        submissions = collect_submissions(args.submissions)
+        inside_out = [s for s in args.submissions if _same_or_inside(Path(s), out)]
+        for path in inside_out:
+            print(f"bncourse grade: skipping {path}: it is the results directory --out, not a submission",
+                  file=sys.stderr)
+        submissions = collect_submissions([s for s in args.submissions if s not in inside_out])
         sandbox = detect_sandbox(args.sandbox)
         limits = Limits(timeout=args.timeout, memory_mb=args.memory_mb, output_bytes=args.max_output)
         exercises = [e.strip() for e in args.exercises.split(",") if e.strip()] if args.exercises else None
+        secret = None
+        if args.secret_file:
+            secret = Path(args.secret_file).read_bytes()[:4096].strip()
+            if not secret:
+                raise ValueError(f"expected a secret in {args.secret_file}, got an empty file")
         grader = Grader(hidden, templates, sandbox, limits, seed=args.seed, visibility=args.visibility,
-                        exercises=exercises)
-    except ValueError as err:
+                        exercises=exercises, secret=secret)
+    except (ValueError, OSError) as err:
         print(f"bncourse grade: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bncourse grade: interrupted before grading started", file=sys.stderr)
+        return 130
     if sandbox.kind == "bwrap":
         print("bncourse grade: sandbox: bubblewrap (no network, no course files, resource limits)",
               file=sys.stderr)
     else:
         for warning in sandbox.warnings:
             print(f"bncourse grade: WARNING: {warning}", file=sys.stderr)
-    rows = grade_batch(grader, submissions, Path(args.out), jobs=args.jobs, resume=not args.no_resume)
+    try:
+        rows = grade_batch(grader, submissions, out, jobs=args.jobs, resume=not args.no_resume)
+    except KeyboardInterrupt:
+        return 130
     errors = [name for name, r in rows if r.get("extra_data", {}).get("bncourse", {}).get("internal_error")]
     if errors:
         print(f"bncourse grade: the grader failed on {len(errors)} submission(s): {', '.join(errors)}; "
               "see their results.json", file=sys.stderr)
         return 1
     return 0
+
+
+def _same_or_inside(path: Path, directory: Path) -> bool:
+    try:
+        path, directory = path.resolve(), directory.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return path == directory or directory in path.parents
 
 
 def _cmd_autograder_zip(args: argparse.Namespace) -> int:
@@ -116,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output", type=int, default=1_000_000, help="bytes of output allowed (default 1e6)")
     p.add_argument("--sandbox", choices=["auto", "bwrap", "process"], default="auto",
                    help="auto: bubblewrap if it works, else a limited process with a loud warning")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the hidden cases (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the hidden cases: every student gets the same cases for a seed (default 0)")
+    p.add_argument("--secret-file", help="a file holding the instructor's secret, mixed into the seed "
+                   "(default: tests/hidden/grading_secret if present)")
     p.add_argument("--visibility", default="visible",
                    choices=["visible", "hidden", "after_due_date", "after_published"])
     p.add_argument("--hidden", help="directory of the hidden cases (default: tests/hidden)")

@@ -7,7 +7,8 @@
   references they need; the cases themselves live in ``tests/hidden/``.
 - :mod:`.runner`, :mod:`.sandbox`: running untrusted code (bubblewrap, limits, seccomp).
 - :mod:`.judge`, :mod:`.grader`, :mod:`.results`: judging values in the trusted
-  process, Gradescope ``results.json`` and ``grades.csv``.
+  process, Gradescope ``results.json`` and ``grades.csv``; :mod:`.submissions`: paths,
+  result names and files of submissions; :mod:`.workdirs`: the sandbox's work directories.
 - :mod:`.check`: ``bncourse check`` for students; :mod:`.gradescope`: the autograder bundle.
 
 The command line is :mod:`bncourse.cli`.

@@ -2,12 +2,15 @@
 
 For one submission (a notebook, or a directory of notebooks), :meth:`Grader.grade`
 
-1. parses each notebook as JSON and works out which exercise it is;
+1. reads each notebook (regular files only, never through a symbolic link, with a byte
+   cap), parses it as JSON and works out which exercise it is (by metadata, then
+   content, then file name; in a directory, per exercise, the answered and newest
+   notebook is graded and the others are named as ignored);
 2. takes **only the answer cells** from it (everything else comes from the released
    template in ``book/exercises/``);
 3. generates the hidden cases of each exercise in this trusted process, seeded from
-   the answer code, writes their inputs as ``.npy`` into a fresh directory, and
-   keeps the expected values to itself;
+   the instructor's secret and seed and the exercise (never from the submission), writes
+   their inputs into a fresh 0700 directory, and keeps the expected values to itself;
 4. runs one sandboxed process for all exercises (``sandbox.py`` + ``runner.py``);
    when an exercise times out or the process dies, the run restarts after that
    exercise, so one infinite loop costs only its own exercise;
@@ -17,8 +20,10 @@ For one submission (a notebook, or a directory of notebooks), :meth:`Grader.grad
 6. returns Gradescope's ``results.json`` structure.
 
 :func:`grade_batch` does this for many submissions in parallel, atomically writes
-``<out>/<name>/results.json`` and ``<out>/grades.csv``, and on a rerun skips any
-submission whose results are already there for the same submission and grader.
+``<out>/<name>/results.json`` (``<name>`` from :func:`result_name`: distinct for distinct
+file names) and ``<out>/grades.csv`` (every result in ``<out>``), on a rerun skips any
+submission whose results are already there for the same submission and grader, and on
+Ctrl-C stops within seconds and still writes ``grades.csv``.
 """
 
 from __future__ import annotations
@@ -27,12 +32,8 @@ import concurrent.futures
 import hashlib
 import importlib.util
 import os
-import re
-import shutil
 import signal
-import stat
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -44,16 +45,20 @@ import numpy as np
 
 from .exercises import EXERCISES, Exercise, get_exercise
 from .judge import JudgeError, judge_value, load_output
-from .notebooks import (AnswerError, Answers, NotebookError, cell_role, cell_source, extract_answers,
-                        identify_exercise, read_notebook, strip_magics)
-from .results import read_results, write_grades_csv, write_results
+from .notebooks import (AnswerError, Answers, NotebookError, cell_role, cell_source, display_name,
+                        extract_answers, foreign_format_hint, identify_exercise, read_notebook, strip_magics)
+from .results import collect_rows, read_results, write_grades_csv, write_results
 from .sandbox import RUNNER, LaunchResult, Limits, Sandbox
 from .spec import Case, case_plan
+from .submissions import MAX_SUBMISSION_BYTES, Submission, collect_submissions, result_name, walk_submission
+from .workdirs import WORKDIR_PREFIX, clean_stale_workdirs, make_workdir, remove_tree
 
 __all__ = ["GRADER_VERSION", "Submission", "collect_submissions", "Grader", "grade_batch",
-           "load_generators", "default_paths"]
+           "load_generators", "default_paths", "result_name", "walk_submission", "GradingCancelled",
+           "SECRET_FILE"]
 
-GRADER_VERSION = "1"
+GRADER_VERSION = "2"
+SECRET_FILE = "grading_secret"  # optional, in the hidden-test directory: mixed into every case seed
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
 
 
@@ -64,54 +69,8 @@ def default_paths() -> dict[str, Path]:
             "solutions": root / "solutions"}
 
 
-@dataclass(frozen=True)
-class Submission:
-    """One student's submission: a notebook file or a directory of notebooks."""
-
-    name: str
-    path: Path
-
-    @property
-    def is_dir(self) -> bool:
-        return self.path.is_dir()
-
-    def digest(self) -> str:
-        """SHA-256 of the submission's bytes (of every file, with names, for a directory)."""
-        h = hashlib.sha256()
-        files = sorted(p for p in self.path.rglob("*") if p.is_file()) if self.is_dir else [self.path]
-        for p in files:
-            h.update(str(p.relative_to(self.path) if self.is_dir else p.name).encode() + b"\0")
-            try:
-                with open(p, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-            except OSError as err:
-                h.update(f"unreadable: {err}".encode())
-        return h.hexdigest()
-
-
-def _safe_name(name: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return name[:120] or "submission"
-
-
-def collect_submissions(paths: list[str | Path]) -> list[Submission]:
-    """Submissions from command-line paths; ``ValueError`` for missing paths or clashing names.
-
-    A file is one submission named after its stem (``alice.ipynb`` -> ``alice``);
-    a directory is one submission named after the directory.
-    """
-    subs: dict[str, Submission] = {}
-    for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            raise ValueError(f"expected a submission file or directory, got {raw!r}, which does not exist")
-        name = _safe_name(path.name if path.is_dir() else path.stem)
-        if name in subs:
-            raise ValueError(f"two submissions would share the results directory {name!r}: "
-                             f"{subs[name].path} and {path}; rename one")
-        subs[name] = Submission(name, path)
-    return list(subs.values())
+class GradingCancelled(Exception):
+    """Raised inside a worker when the batch was interrupted; its result is not written."""
 
 
 def load_generators(hidden_dir: Path) -> dict[str, Callable[..., list[Case]]]:
@@ -161,24 +120,37 @@ class Grader:
         templates_dir: the released notebooks (``book/exercises``).
         sandbox: from :func:`bncourse.grading.sandbox.detect_sandbox`.
         limits: per-submission resource limits.
-        seed: base seed of the hidden cases (combined with each answer's code).
+        seed: the instructor's seed of the hidden cases.
         visibility: Gradescope visibility of the tests.
         exercises: ids of the exercises this assignment grades; ``None`` grades
             what a notebook submission contains, or every exercise for a directory.
+        secret: the instructor's secret, mixed into the seed of every case; by default
+            the bytes of ``<hidden_dir>/grading_secret`` if that file exists.
+
+    The hidden cases depend on (secret, seed, exercise) only -- never on what a student
+    wrote -- so every student meets the same cases and a comment cannot change a grade.
     """
 
     def __init__(self, hidden_dir: Path, templates_dir: Path, sandbox: Sandbox,
                  limits: Limits | None = None, seed: int = 0, visibility: str = "visible",
-                 exercises: list[str] | None = None) -> None:
+                 exercises: list[str] | None = None, secret: bytes | str | None = None) -> None:
         limits = limits or Limits()
         if visibility not in VISIBILITIES:
             raise ValueError(f"expected visibility in {VISIBILITIES}, got {visibility!r}")
         self.exercises = [get_exercise(e).id for e in exercises] if exercises else None
         self.sandbox, self.limits, self.seed, self.visibility = sandbox, limits, int(seed), visibility
+        if secret is None and (Path(hidden_dir) / SECRET_FILE).is_file():
+            secret = (Path(hidden_dir) / SECRET_FILE).read_bytes()[:4096].strip()
+        secret = secret.encode() if isinstance(secret, str) else (secret or b"")
+        self._secret = hashlib.sha256(b"bncourse-secret|" + secret).hexdigest()
+        self._cases: dict[tuple[str, int], list[Case]] = {}
+        self._cases_lock = threading.Lock()
+        self._cancel = threading.Event()
         self.templates: dict[str, dict[str, Any]] = {}
         self.setup_code: dict[str, str] = {}
-        h = hashlib.sha256(f"{GRADER_VERSION}|{seed}|{self.exercises}|{limits}|{visibility}|"
-                           f"{sandbox.kind}".encode())
+        self.stub_code: dict[str, str] = {}
+        h = hashlib.sha256(f"{GRADER_VERSION}|{seed}|{self._secret}|{self.exercises}|{limits}|"
+                           f"{visibility}|{sandbox.kind}".encode())
         # Anything that can change a score: the grading code, the references, templates, hidden cases.
         package = RUNNER.parents[1]
         for source in [*sorted(RUNNER.parent.glob("*.py")), package / "functional.py", package / "layers.py"]:
@@ -192,22 +164,41 @@ class Grader:
             self.templates[ex.id] = template
             self.setup_code[ex.id] = "\n\n".join(
                 cell_source(c) for c in template["cells"] if cell_role(c)[0] == "setup")
+            self.stub_code[ex.id] = _code_key("\n\n".join(
+                cell_source(c) for c in template["cells"] if cell_role(c) == ("answer", ex.id)))
         for extra in sorted(Path(hidden_dir).glob("*.py")):  # the generators and their helpers
             h.update(extra.read_bytes())
         self.fingerprint = h.hexdigest()
         self.generators = load_generators(Path(hidden_dir))
 
     # -- cases ------------------------------------------------------------------------
-    def cases_for(self, exercise: Exercise, code: str) -> list[Case]:
-        """The hidden cases of ``exercise`` for this answer code (deterministic)."""
-        digest = hashlib.sha256(f"{self.seed}|{exercise.id}|{code}".encode()).digest()
-        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-        cases = self.generators[exercise.id](rng)
-        total = sum(c.points for c in cases)
-        if abs(total - exercise.points) > 1e-9:
-            raise ValueError(f"the hidden cases of {exercise.id} are worth {total} points, "
-                             f"expected {exercise.points}")
-        return cases
+    def cases_for(self, exercise: Exercise, seed: int | None = None) -> list[Case]:
+        """The hidden cases of ``exercise`` (deterministic: the secret, the seed and the exercise).
+
+        ``seed`` defaults to the grader's; nothing a student submits takes part. Cached:
+        the cases are built once per exercise and shared (read-only) by every submission.
+        """
+        seed = self.seed if seed is None else int(seed)
+        key = (exercise.id, seed)
+        with self._cases_lock:
+            if key not in self._cases:
+                digest = hashlib.sha256(f"{self._secret}|{seed}|{exercise.id}".encode()).digest()
+                rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+                cases = self.generators[exercise.id](rng)
+                total = sum(c.points for c in cases)
+                if abs(total - exercise.points) > 1e-9:
+                    raise ValueError(f"the hidden cases of {exercise.id} are worth {total} points, "
+                                     f"expected {exercise.points}")
+                self._cases[key] = cases
+            return self._cases[key]
+
+    def cancel(self) -> None:
+        """Stop grading: runs in progress raise :class:`GradingCancelled` at their next step."""
+        self._cancel.set()
+
+    def _check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise GradingCancelled("the batch was interrupted")
 
     # -- one submission ------------------------------------------------------------
     def grade(self, sub: Submission) -> dict[str, Any]:
@@ -223,7 +214,7 @@ class Grader:
         runs = []
         for ex_id in graded:
             ex = get_exercise(ex_id)
-            run = _Run(ex, [])
+            run = _Run(ex, self.cases_for(ex))
             if ex_id not in found:
                 run.problem = (f"no notebook for {ex.label} in this submission "
                                f"(expected a notebook like {ex.notebook})")
@@ -232,8 +223,8 @@ class Grader:
                 try:
                     run.answers = extract_answers(self.templates[ex_id], nb, ex)
                 except AnswerError as err:
-                    run.problem = str(err)
-            run.cases = self.cases_for(ex, run.answers.code if run.answers else "")
+                    hint = foreign_format_hint(nb)
+                    run.problem = str(err) + (f"; {hint}" if hint else "")
             runs.append(run)
         output_head = ""
         protections = None
@@ -243,43 +234,81 @@ class Grader:
         return self._results(sub, runs, notes, time.monotonic() - started, output_head, protections,
                              launches)
 
+    def _is_answered(self, ex_id: str, nb: dict) -> bool:
+        """Whether the notebook's answer cells differ from the released stub."""
+        try:
+            answers = extract_answers(self.templates[ex_id], nb, get_exercise(ex_id))
+        except AnswerError:
+            return False
+        return _code_key(answers.code) != self.stub_code[ex_id]
+
     def _find_notebooks(self, sub: Submission, notes: list[str]) -> dict[str, tuple[str, dict]]:
+        """``{exercise id: (file label, notebook)}``: per exercise, the one notebook to grade.
+
+        In a directory, several notebooks may be the same exercise (Jupyter's ``-Copy1``,
+        an older version): the one with answered cells wins, then the newest, then the first
+        by name; the feedback says which file was graded and which were ignored.
+        """
         if sub.is_dir:
-            files = sorted(p for p in sub.path.rglob("*") if p.is_file()
-                           and ".ipynb_checkpoints" not in p.parts and not p.name.startswith("."))
-            others = [p.name for p in files if p.suffix != ".ipynb"]
-            files = [p for p in files if p.suffix == ".ipynb"]
+            files, walk_notes = walk_submission(sub.path)
+            notes.extend(walk_notes)
+            others = [label for label, p in files if p.suffix != ".ipynb"]
+            files = [(label, p) for label, p in files if p.suffix == ".ipynb"]
             if others:
                 notes.append(f"ignored {len(others)} file(s) that are not notebooks: "
                              + ", ".join(others[:5]) + (" ..." if len(others) > 5 else ""))
             if not files:
                 notes.append("no .ipynb notebook found in this submission")
         else:
-            files = [sub.path]
+            files = [(display_name(sub.path.name), sub.path)]
             if sub.path.suffix != ".ipynb":
-                notes.append(f"{sub.path.name} does not end in .ipynb; expected a Jupyter notebook")
-        found: dict[str, tuple[str, dict]] = {}
-        for path in files:
-            label = str(path.relative_to(sub.path)) if sub.is_dir else path.name
+                notes.append(f"{display_name(sub.path.name)} does not end in .ipynb; expected a Jupyter notebook")
+        candidates: dict[str, list[tuple[bool, int, str, dict]]] = {}
+        budget = MAX_SUBMISSION_BYTES
+        for k, (label, path) in enumerate(files):
             try:
-                nb = read_notebook(path)
+                info = os.lstat(path)
+                budget -= info.st_size
+                if budget < 0:
+                    notes.append(f"read only the first {k} notebook(s): together the notebooks exceed "
+                                 f"{MAX_SUBMISSION_BYTES // 10**6} MB")
+                    break
+                nb = read_notebook(path, follow_symlinks=False)
+                mtime = info.st_mtime_ns
             except NotebookError as err:
-                notes.append(str(err))
+                notes.append(str(err) if not sub.is_dir else f"{label}: {err}")
+                continue
+            except OSError as err:
+                notes.append(f"cannot read {label}: {err.strerror}")
                 continue
             ex, how = identify_exercise(nb, path.name, self.templates)
             if ex is None:
-                notes.append(f"{label} is not one of this course's exercise notebooks ({how})")
-            elif ex.id in found:
-                notes.append(f"{label} is a second notebook for {ex.label}; graded {found[ex.id][0]}")
-            else:
-                found[ex.id] = (label, nb)
+                hint = foreign_format_hint(nb)
+                notes.append(f"{label} is not one of this course's exercise notebooks ({how})"
+                             + (f"; {hint}" if hint else ""))
+                continue
+            candidates.setdefault(ex.id, []).append((self._is_answered(ex.id, nb), mtime, label, nb))
+        found: dict[str, tuple[str, dict]] = {}
+        for ex_id, cands in candidates.items():
+            cands.sort(key=lambda c: (not c[0], -c[1], c[2]))
+            answered, _, label, nb = cands[0]
+            found[ex_id] = (label, nb)
+            if len(cands) > 1:
+                ignored = [f"{c[2]} ({'answered' if c[0] else 'not answered'}, "
+                           f"{'newer' if c[1] > cands[0][1] else 'older'})" for c in cands[1:]]
+                why = ("the one with answers" if answered and not any(c[0] for c in cands[1:])
+                       else "the newest" + (" with answers" if answered else ""))
+                notes.append(f"{len(cands)} notebooks are {get_exercise(ex_id).label}: graded {label} "
+                             f"({why}); ignored {', '.join(ignored)}")
         return found
 
     def _execute(self, runs: list[_Run]) -> tuple[str, dict | None, int]:
         """Run the answers of ``runs`` in the sandbox, restarting after a fatal exercise; judge."""
-        workdir = Path(tempfile.mkdtemp(prefix="bncourse-grade-"))
+        self._check_cancelled()
+        # 0700 (mkdtemp's mode): student code and hidden inputs are nobody else's business. The
+        # pid in the name lets the next run remove what a killed run left behind.
+        workdir = make_workdir()
         try:
-            os.chmod(workdir, 0o755)
             self.sandbox.prepare(workdir)
             inside = self.sandbox.inside(workdir)
             plans, arrays = {}, {}
@@ -297,9 +326,11 @@ class Grader:
             remaining = [r.exercise.id for r in runs]
             output_parts, protections, launches = [], None, 0
             while remaining:
+                self._check_cancelled()
                 plan = {"inputs": str(inside / "inputs.npz"), "out_dir": str(inside / "out"),
                         "exercises": [plans[e] for e in remaining]}
                 result = self.sandbox.run(workdir, "grade", plan, self.limits, exercises=len(remaining))
+                self._check_cancelled()  # a run killed by the interruption says nothing about the answer
                 launches += 1
                 output_parts.append(result.output[:4000])
                 protections = protections or next(
@@ -326,7 +357,7 @@ class Grader:
             self._judge(runs, workdir / "out")
             return "\n".join(output_parts)[:8000], protections, launches
         finally:
-            _rmtree(workdir)
+            remove_tree(workdir)
 
     @staticmethod
     def _apply_events(result: LaunchResult, by_id: dict[str, _Run], remaining: list[str]) -> str | None:
@@ -337,17 +368,20 @@ class Grader:
             run = by_id.get(ex_id) if isinstance(ex_id, str) and ex_id in remaining else None
             if run is None:
                 continue
+            case = event.get("case")
+            # Events can be forged by student code: a case index must be one of this exercise's.
+            case = case if type(case) is int and 0 <= case < len(run.cases) else None
             if kind == "start":
                 run.started, current = True, ex_id
             elif kind == "answer_error" and run.answer_error is None:
-                run.answer_error = str(event.get("msg", ""))[:800]
-            elif kind == "case_start" and isinstance(event.get("case"), int):
-                run.killed_case = event["case"]
-            elif kind == "case" and isinstance(event.get("case"), int):
-                if event.get("ok"):
-                    run.case_done.add(event["case"])
+                run.answer_error = _event_text(event.get("msg", ""))
+            elif kind == "case_start" and case is not None:
+                run.killed_case = case
+            elif kind == "case" and case is not None:
+                if event.get("ok") is True:
+                    run.case_done.add(case)
                 else:
-                    run.case_errors.setdefault(event["case"], str(event.get("msg", ""))[:800])
+                    run.case_errors.setdefault(case, _event_text(event.get("msg", "")))
                 run.killed_case = None
             elif kind == "end":
                 run.ended = True
@@ -442,29 +476,36 @@ class Grader:
 
     def _results(self, sub: Submission, runs: list[_Run], notes: list[str], seconds: float,
                  student_output: str, protections: dict | None, launches: int) -> dict[str, Any]:
-        tests, per_ex, summary = [], {}, []
+        tests, per_ex, summary, raw_scores = [], {}, [], []
         for run in runs:
             ex = run.exercise
-            score = 0.0
+            raw = 0.0
             for k, case in enumerate(run.cases):
                 s, msg = self._case_result(run, k, case)
-                score += s
-                if self.sandbox.warnings:
-                    msg += "\n[grader] WARNING: graded without the bubblewrap sandbox."
+                raw += s
+                raw_scores.append(s)
                 tests.append({"name": f"{ex.label}: hidden case {k + 1}, {case.name}",
                               "number": f"{ex.number}.{k + 1}", "score": s, "max_score": case.points,
                               "output": msg, "visibility": self.visibility})
             problem = run.problem or (f"answer cell failed: {run.answer_error}" if run.answer_error else
                                       run.killed)
-            per_ex[ex.id] = {"score": round(score, 4), "max_score": ex.points, "problem": problem,
+            score = _round_score(raw)
+            per_ex[ex.id] = {"score": score, "max_score": ex.points, "problem": problem,
                              "notebook": run.notebook,
                              "answers_found_by": run.answers.method if run.answers else None}
-            summary.append(f"{ex.label}: {score:g}/{ex.points:g}" + (f" -- {problem}" if problem else ""))
-        total = float(round(sum(v["score"] for v in per_ex.values()), 4))
+            graded_from = f" (graded {run.notebook})" if sub.is_dir and run.notebook else ""
+            summary.append(f"{ex.label}: {score:g}/{ex.points:g}{graded_from}"
+                           + (f" -- {problem}" if problem else ""))
+        # Round the total once, then share its cents among the tests so that they add up to it.
+        total = _round_score(sum(raw_scores))
+        for test, cents in zip(tests, _apportion(raw_scores, round(total * 100))):
+            test["score"] = cents / 100
         max_total = sum(v["max_score"] for v in per_ex.values())
         if not runs:
             tests.append({"name": "Submission", "number": "0", "score": 0.0, "max_score": 0.0,
                           "output": "; ".join(notes) or "nothing to grade", "visibility": self.visibility})
+        # Sandbox warnings are for the instructor: the top-level output and the terminal only,
+        # never the per-test outputs that students read.
         head = (["Graded in a bubblewrap sandbox: no network, no access to course files, resource limits."]
                 if self.sandbox.kind == "bwrap" else [f"WARNING: {w}" for w in self.sandbox.warnings])
         output = "\n".join(head + summary + ([f"Note: {n}" for n in notes]))
@@ -476,7 +517,8 @@ class Grader:
             "stdout_visibility": "hidden",
             "tests": tests,
             "extra_data": {"bncourse": {
-                "submission": sub.name, "sha256": sub.digest(), "fingerprint": self.fingerprint,
+                "submission": sub.name, "source": sub.source or display_name(sub.path.name),
+                "sha256": sub.digest(), "fingerprint": self.fingerprint,
                 "grader_version": GRADER_VERSION, "sandbox": self.sandbox.kind,
                 "sandbox_warnings": self.sandbox.warnings, "protections": protections,
                 "launches": launches, "max_score": max_total, "exercises": per_ex, "notes": notes,
@@ -485,17 +527,28 @@ class Grader:
         }
 
 
-def _rmtree(path: Path) -> None:
-    """Remove a sandbox directory even if student code made parts of it unreadable."""
-    def fix(func: Callable, p: str, _exc: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(p), stat.S_IRWXU)
-            if not os.path.islink(p) and os.path.isdir(p):
-                os.chmod(p, stat.S_IRWXU)
-            func(p)
-        except OSError:
-            pass
-    shutil.rmtree(path, onerror=fix)
+def _event_text(value: Any, limit: int = 800) -> str:
+    """A message from the sandbox as text that can be written anywhere (no lone surrogates)."""
+    return str(value)[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
+def _code_key(code: str) -> str:
+    """Code compared without trailing spaces and blank lines (is an answer cell still the stub?)."""
+    return "\n".join(line.rstrip() for line in code.strip().splitlines() if line.strip())
+
+
+def _round_score(x: float) -> float:
+    return float(round(x + 0.0, 2)) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _apportion(raw: list[float], total_cents: int) -> list[int]:
+    """Whole cents for each score in ``raw``, adding up to ``total_cents`` (largest remainders)."""
+    exact = [max(0.0, r) * 100 for r in raw]
+    cents = [int(e + 1e-6) for e in exact]
+    order = sorted(range(len(raw)), key=lambda i: exact[i] - cents[i], reverse=True)
+    for i in order[:max(0, total_cents - sum(cents))]:
+        cents[i] += 1
+    return cents
 
 
 def _internal_error(sub: Submission, grader: Grader, err: BaseException) -> dict[str, Any]:
@@ -519,50 +572,148 @@ def grade_batch(grader: Grader, submissions: list[Submission], out_dir: Path, jo
 
     Each ``results.json`` is written as soon as its submission is graded, atomically;
     with ``resume``, submissions whose results exist for the same submission bytes
-    and the same grader fingerprint are not graded again. ``grades.csv`` is written
-    at the end for the whole batch.
+    and the same grader fingerprint are not graded again. ``grades.csv`` is written at
+    the end with one row for every submission that has a ``results.json`` in ``out_dir``
+    (earlier batches into the same directory included).
+
+    On ``KeyboardInterrupt`` (Ctrl-C), pending submissions are cancelled, running
+    sandboxes are killed, ``grades.csv`` is written from the results already there, and
+    the ``KeyboardInterrupt`` is raised again: a rerun grades only what is missing.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not out_dir.is_dir():
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    clean_stale_workdirs()
+    grader._cancel.clear()
     total, done = len(submissions), 0
-    lock = threading.Lock()
     rows: list[tuple[str, dict]] = []
     started = time.monotonic()
 
-    def one(sub: Submission) -> tuple[dict, bool, float]:
+    def one(sub: Submission) -> tuple[dict, bool, float] | None:
         t0 = time.monotonic()
+        if grader._cancel.is_set():
+            return None
         path = out_dir / sub.name / "results.json"
-        if resume:
-            old = read_results(path)
-            info = (old or {}).get("extra_data", {}).get("bncourse", {})
-            if old and info.get("fingerprint") == grader.fingerprint and info.get("sha256") == sub.digest():
-                return old, True, time.monotonic() - t0
         try:
+            digest = sub.digest()
+            if resume:
+                old = read_results(path)
+                info = (old or {}).get("extra_data", {}).get("bncourse", {})
+                if old and info.get("fingerprint") == grader.fingerprint and info.get("sha256") == digest:
+                    return old, True, time.monotonic() - t0
             results = grader.grade(sub)
+        except GradingCancelled:
+            return None
         except Exception as err:  # a grader bug must not stop the batch
             results = _internal_error(sub, grader, err)
         write_results(path, results)
         return results, False, time.monotonic() - t0
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(one, sub): sub for sub in submissions}
-        for future in concurrent.futures.as_completed(futures):
-            sub = futures[future]
-            results, cached, seconds = future.result()
-            with lock:
-                done += 1
-                rows.append((sub.name, results))
-                if progress is not None:
-                    width = 24
-                    filled = int(width * done / max(total, 1))
-                    max_score = results.get("extra_data", {}).get("bncourse", {}).get("max_score", 0)
-                    progress.write(
-                        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {sub.name}: "
-                        f"{results['score']:g}/{max_score:g}"
-                        + (" (already graded)" if cached else f" ({seconds:.1f} s)") + "\n")
-                    progress.flush()
-    write_grades_csv(out_dir / "grades.csv", rows)
+    def report(sub: Submission, outcome: tuple[dict, bool, float]) -> None:
+        nonlocal done
+        results, cached, seconds = outcome
+        done += 1
+        rows.append((sub.name, results))
+        if progress is not None:
+            width = 24
+            filled = int(width * done / max(total, 1))
+            max_score = results.get("extra_data", {}).get("bncourse", {}).get("max_score", 0)
+            progress.write(
+                f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {sub.name}: "
+                f"{results['score']:g}/{max_score:g}"
+                + (" (already graded)" if cached else f" ({seconds:.1f} s)") + "\n")
+            progress.flush()
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs))
+    futures = {pool.submit(one, sub): sub for sub in submissions}
+    pending = set(futures)
+    try:
+        while pending:
+            finished, pending = concurrent.futures.wait(
+                pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                outcome = future.result()
+                if outcome is not None:
+                    report(futures[future], outcome)
+    except BaseException as exc:  # Ctrl-C, SIGTERM (via the CLI), or results that cannot be written
+        previous = _ignore_signals()
+        try:
+            _stop(grader, pool, futures)
+            write_grades_csv(out_dir / "grades.csv", collect_rows(out_dir))
+            if progress is not None:
+                why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc!r}"
+                progress.write(f"{why} after {done} of {total} submission(s); wrote "
+                               f"{out_dir / 'grades.csv'} from the results already graded. Run the same "
+                               "command again to grade the rest.\n")
+                progress.flush()
+        finally:
+            _restore_signals(previous)
+        raise
+    pool.shutdown(wait=True)
+    write_grades_csv(out_dir / "grades.csv", collect_rows(out_dir))
     if progress is not None:
         progress.write(f"graded {total} submission(s) in {time.monotonic() - started:.1f} s; "
                        f"results in {out_dir}/<name>/results.json and {out_dir / 'grades.csv'}\n")
     return rows
+
+
+def _stop(grader: Grader, pool: concurrent.futures.ThreadPoolExecutor,
+          futures: dict[concurrent.futures.Future, Submission], deadline_s: float = 20.0) -> None:
+    """Cancel what has not started, kill the sandboxes of what has, and wait for the workers."""
+    grader.cancel()
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + deadline_s
+    running = {f for f in futures if not f.done()}
+    while running and time.monotonic() < deadline:
+        _kill_sandboxes()
+        _, running = concurrent.futures.wait(running, timeout=0.1)
+    # bubblewrap's inner process dies with its parent, a moment later: wait for it (bounded).
+    settle = time.monotonic() + 5.0
+    while _kill_sandboxes() and time.monotonic() < settle:
+        time.sleep(0.05)
+
+
+def _kill_sandboxes() -> int:
+    """SIGKILL every sandbox process of this grader; returns how many were found.
+
+    Sandboxes run in their own session, so Ctrl-C in the terminal does not reach them. They
+    are this process's children that lead their own session (``Sandbox.run`` starts them
+    with ``start_new_session=True``; nothing else in the grader does), and any process whose
+    command line names one of this process's work directories (bubblewrap's inner process,
+    in a session of its own).
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return 0
+    me, found = os.getpid(), 0
+    marker = f"{WORKDIR_PREFIX}{me}-".encode()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            pid, ppid, session = int(entry.name), int(fields[1]), int(fields[3])
+            if fields[0] == "Z":  # already dead, waiting to be reaped
+                continue
+            if ppid == me and session == pid:
+                found += 1
+                os.killpg(pid, signal.SIGKILL)
+            elif marker in (entry / "cmdline").read_bytes():
+                found += 1
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _ignore_signals() -> Any:
+    """Ignore SIGINT and SIGTERM while the interrupted batch cleans up; returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(previous: Any) -> None:
+    for sig, handler in (previous or {}).items():
+        if handler is not None:
+            signal.signal(sig, handler)

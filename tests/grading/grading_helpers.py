@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 from bncourse.grading.exercises import EXERCISES, get_exercise
@@ -76,3 +79,41 @@ def exercise_scores(results: dict) -> dict[str, float]:
 
 def all_outputs(results: dict) -> str:
     return results["output"] + "\n" + "\n".join(t["output"] for t in results["tests"])
+
+
+def leftovers(pid: int | None = None, settle: float = 3.0) -> tuple[list[str], list[str]]:
+    """``(processes, work dirs)`` a grading process ``pid`` (default: this one) left behind.
+
+    Processes: its children running the sandbox runner, and any process whose command line
+    names one of its work directories (an orphan of the plain-process sandbox, bubblewrap's
+    inner process). Those still dying get ``settle`` seconds (bubblewrap's inner process
+    is killed when its parent dies, a moment after it).
+    """
+    deadline = time.monotonic() + settle
+    while True:
+        found = _leftovers(os.getpid() if pid is None else pid)
+        if found == ([], []) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def _leftovers(pid: int) -> tuple[list[str], list[str]]:
+    prefix = f"bncourse-grade-{pid}-"
+    procs = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+                ppid = int(ppid)
+        except (OSError, ValueError, IndexError):
+            continue
+        if state == "Z":
+            continue
+        if prefix in cmd or (ppid == pid and "runner.py" in cmd):
+            procs.append(f"{entry}: {cmd[:200]}")
+    dirs = sorted(str(p) for p in Path(tempfile.gettempdir()).glob(prefix + "*"))
+    return procs, dirs

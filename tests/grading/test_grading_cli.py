@@ -8,8 +8,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
+from pathlib import Path
 
 
 from bncourse.grading.exercises import EXERCISES
@@ -68,6 +70,8 @@ def test_interrupted_grade_resumes_with_only_what_is_missing(tmp_path):
     assert not (out / "d_loop" / "results.json").exists()
     rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
+    # The killed run could not remove its work dir (0700, named after its pid); the rerun did.
+    assert not list(Path(tempfile.gettempdir()).glob(f"bncourse-grade-{proc.pid}-*"))
     assert "a_control: 10/10 (already graded)" in rerun.stderr
     assert "[" in rerun.stderr and "4/4" in rerun.stderr  # the progress bar
     rows = (out / "grades.csv").read_text().splitlines()

@@ -77,7 +77,7 @@ def test_fold_matches_linear_then_batchnorm_in_torch():
 
 def _inputs(grader, ex_id, seed):
     """(case, list of input arrays and scalars of its first call) for each hidden case."""
-    for case in grader.cases_for(get_exercise(ex_id), f"seed {seed}"):
+    for case in grader.cases_for(get_exercise(ex_id), seed=seed):
         step = case.steps[0] if case.steps[0].op == "call" and case.steps[0].target[0].islower() else None
         yield case, step
 

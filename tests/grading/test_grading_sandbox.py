@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,8 @@ def test_no_process_outlives_a_timeout(grader, tmp_path):
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"runner.py" in cmdline and b"bncourse-grade-" in cmdline:
+        # Work dirs carry the grading process's pid: other graders on this machine are not ours.
+        if b"runner.py" in cmdline and f"bncourse-grade-{os.getpid()}-".encode() in cmdline:
             leftovers.append(cmdline)
     assert not leftovers, leftovers
 
@@ -75,7 +77,8 @@ def test_fallback_without_bubblewrap_warns_loudly_and_still_grades(tmp_path):
     ok = grader.grade(Submission("control", control))
     assert ok["score"] == 10.0
     assert "NOT SANDBOXED" in ok["output"] and "NOT protected from" in ok["output"]
-    assert all("WARNING" in t["output"] for t in ok["tests"])
+    # The warning is for the instructor (top-level output, terminal), never in what students read.
+    assert not any("WARNING" in t["output"] or "SANDBOX" in t["output"] for t in ok["tests"])
     blocked = grader.grade(Submission("fork", fork))
     assert blocked["score"] == 0.0 and "PermissionError" in all_outputs(blocked)
     assert blocked["extra_data"]["bncourse"]["protections"]["seccomp"] == "installed"
