@@ -58,6 +58,8 @@ EXERCISES: tuple[Exercise, ...] = (
              ("BatchNorm1d",), 10.0, "ex07_torch_batchnorm1d.py"),
     Exercise("ex08", 8, "folding batch norm into a linear layer", "ex08_fold.ipynb",
              ("fold_batchnorm",), 10.0, "ex08_fold.py"),
+    Exercise("ex09", 9, "merging batch statistics across devices", "ex09_merge_statistics.ipynb",
+             ("merge_statistics",), 10.0, "ex09_merge_statistics.py"),
 )
 
 _BY_ID = {ex.id: ex for ex in EXERCISES}

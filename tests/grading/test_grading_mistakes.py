@@ -7,12 +7,15 @@ submitted together with the seven untouched solutions, in one batch.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from bncourse.grading.exercises import EXERCISES
+from bncourse.grading.exercises import EXERCISES, get_exercise
 from bncourse.grading.grader import collect_submissions, grade_batch
 
-from grading_helpers import exercise_scores, full_directory, mutate, results_of
+from grading_helpers import ROOT, exercise_scores, full_directory, mutate, results_of, write_nb
 
 SPATIAL_FORWARD_BODY = """    axes = (0, 2, 3)
     mean = x.mean(axis=axes, keepdims=True)
@@ -27,6 +30,27 @@ LAYERNORM_BODY = """    rows = x.reshape(x.shape[0], -1)
     var = (centered * centered).mean(axis=1, keepdims=True)
     x_hat = (centered / np.sqrt(var + eps)).reshape(x.shape)
     return gamma * x_hat + beta"""
+
+MERGE_BODY = """    dtype = means.dtype
+    n = 0
+    mean = np.zeros(means.shape[1], dtype)
+    m2 = np.zeros(means.shape[1], dtype)
+    for n_k, mean_k, m2_k in zip(counts, means, m2s):
+        n_k = int(n_k)
+        if n_k == 0:
+            continue
+        total = n + n_k
+        delta = mean_k - mean
+        mean = mean + delta * dtype.type(n_k / total)
+        m2 = m2 + m2_k + delta * delta * dtype.type(n * n_k / total)
+        n = total
+    return mean, m2 / dtype.type(n)"""
+
+MERGE_SUMS_OF_SQUARES = """    n = counts.sum()
+    weights = counts.astype(means.dtype)[:, None]
+    mean = (weights * means).sum(axis=0) / means.dtype.type(n)
+    mean_sq = (m2s + weights * means * means).sum(axis=0) / means.dtype.type(n)
+    return mean, mean_sq - mean * mean"""
 
 # (name, exercise, [(old, new), ...])
 MUTANTS = [
@@ -75,7 +99,20 @@ MUTANTS = [
     ("fold forgets the running mean in the bias", "ex08",
      [("(bias - running_mean) * scale + beta", "bias * scale + beta")]),
     ("fold scales the columns of the weight", "ex08", [("weight * scale[:, None]", "weight * scale[None, :]")]),
+    ("merge: unweighted average of the device means", "ex09",
+     [("mean = mean + delta * dtype.type(n_k / total)", "mean = mean + delta / dtype.type(k_seen + 1)"),
+      ("    for n_k, mean_k, m2_k in zip(counts, means, m2s):",
+       "    k_seen = -1\n    for n_k, mean_k, m2_k in zip(counts, means, m2s):\n        k_seen += 1")]),
+    ("merge: no spread between the devices' means", "ex09",
+     [("m2 = m2 + m2_k + delta * delta * dtype.type(n * n_k / total)", "m2 = m2 + m2_k")]),
+    ("merge: back to sums of squares (E[x^2] - mean^2)", "ex09", [(MERGE_BODY, MERGE_SUMS_OF_SQUARES)]),
+    ("merge: divides by the count of an empty device", "ex09",
+     [("        if n_k == 0:\n            continue\n", "")]),
 ]
+
+# Mistakes in the exercises whose public checks are meant to catch every typical mistake: the
+# public checks fail on each of these mutants, as the grade drops (they agree both ways).
+PUBLIC_CHECKS_CATCH = {"ex09"}
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +141,14 @@ def test_mistake_loses_points_on_its_exercise_only(graded, name, ex_id):
     failed = [t for t in results["tests"] if t["score"] < t["max_score"]]
     assert failed and all(t["number"].startswith(f"{int(ex_id[2:])}.") for t in failed)
     assert all(t["output"] and t["output"] != "passed" for t in failed)
+
+
+@pytest.mark.parametrize("name, ex_id, replacements",
+                         [m for m in MUTANTS if m[1] in PUBLIC_CHECKS_CATCH],
+                         ids=[m[0] for m in MUTANTS if m[1] in PUBLIC_CHECKS_CATCH])
+def test_public_checks_catch_the_mistake(tmp_path, name, ex_id, replacements):
+    path = write_nb(tmp_path / get_exercise(ex_id).notebook, mutate(ex_id, replacements))
+    result = subprocess.run([sys.executable, "-m", "bncourse.cli", "check", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "FAIL" in result.stdout, \
+        f"{name!r} passes every public check:\n{result.stdout}{result.stderr}"
