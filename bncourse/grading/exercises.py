@@ -60,6 +60,9 @@ EXERCISES: tuple[Exercise, ...] = (
              ("fold_batchnorm",), 10.0, "ex08_fold.py"),
     Exercise("ex09", 9, "merging batch statistics across devices", "ex09_merge_statistics.ipynb",
              ("merge_statistics",), 10.0, "ex09_merge_statistics.py"),
+    Exercise("ex10", 10, "the backward pass of layer norm and group norm",
+             "ex10_layer_group_norm_backward.ipynb", ("layernorm_backward", "groupnorm_backward"), 10.0,
+             "ex10_layer_group_norm_backward.py"),
 )
 
 _BY_ID = {ex.id: ex for ex in EXERCISES}

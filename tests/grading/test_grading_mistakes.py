@@ -108,11 +108,24 @@ MUTANTS = [
     ("merge: back to sums of squares (E[x^2] - mean^2)", "ex09", [(MERGE_BODY, MERGE_SUMS_OF_SQUARES)]),
     ("merge: divides by the count of an empty device", "ex09",
      [("        if n_k == 0:\n            continue\n", "")]),
+    ("norm backward: dx without the mean term", "ex10",
+     [("m * g - g.sum(axis=1, keepdims=True)", "m * g")]),
+    ("layer norm backward: dgamma summed per example instead of over the batch", "ex10",
+     [("dgamma = (dout * x_hat.reshape(x.shape)).sum(axis=0)",
+       "dgamma = (dout * x_hat.reshape(x.shape)).sum(axis=-1)")]),
+    ("group norm backward: statistics per channel instead of per group", "ex10",
+     [("rows = x.reshape(n * num_groups, -1)", "rows = x.reshape(n * c, -1)"),
+      ("g = (dout * gamma.reshape(shape)).reshape(n * num_groups, -1)",
+       "g = (dout * gamma.reshape(shape)).reshape(n * c, -1)")]),
+    ("group norm backward: dgamma and dbeta summed over the batch only", "ex10",
+     [("axes = (0,) + tuple(range(2, x.ndim))", "axes = (0,)")]),
+    ("norm backward: float32 turned into float64", "ex10",
+     [("m = rows.shape[1]", "m = np.float64(rows.shape[1])")]),
 ]
 
 # Mistakes in the exercises whose public checks are meant to catch every typical mistake: the
 # public checks fail on each of these mutants, as the grade drops (they agree both ways).
-PUBLIC_CHECKS_CATCH = {"ex09"}
+PUBLIC_CHECKS_CATCH = {"ex09", "ex10"}
 
 
 @pytest.fixture(scope="module")
