@@ -63,6 +63,8 @@ EXERCISES: tuple[Exercise, ...] = (
     Exercise("ex10", 10, "the backward pass of layer norm and group norm",
              "ex10_layer_group_norm_backward.ipynb", ("layernorm_backward", "groupnorm_backward"), 10.0,
              "ex10_layer_group_norm_backward.py"),
+    Exercise("ex11", 11, "find the bug: evaluation mode, a reshape, no_grad", "ex11_find_the_bug.ipynb",
+             ("BatchNorm1d", "batchnorm2d", "evaluate"), 10.0, "ex11_find_the_bug.py"),
 )
 
 _BY_ID = {ex.id: ex for ex in EXERCISES}

@@ -121,11 +121,27 @@ MUTANTS = [
      [("axes = (0,) + tuple(range(2, x.ndim))", "axes = (0,)")]),
     ("norm backward: float32 turned into float64", "ex10",
      [("m = rows.shape[1]", "m = np.float64(rows.shape[1])")]),
+    ("find the bug: evaluation still uses the batch statistics", "ex11",
+     [("        if self.training:\n            mean, var = x.mean(axis=0), x.var(axis=0)\n",
+       "        mean, var = x.mean(axis=0), x.var(axis=0)\n        if self.training:\n"),
+      ("        else:\n            mean, var = self.running_mean, self.running_var\n", "")]),
+    ("find the bug: reshape without the transpose", "ex11",
+     [("rows = x.transpose(0, 2, 3, 1).reshape(-1, c)", "rows = x.reshape(-1, c)"),
+      ("layer(rows).reshape(n, h, w, c).transpose(0, 3, 1, 2)", "layer(rows).reshape(n, c, h, w)")]),
+    ("find the bug: transposed in but not back", "ex11",
+     [("layer(rows).reshape(n, h, w, c).transpose(0, 3, 1, 2)", "layer(rows).reshape(n, c, h, w)")]),
+    ("find the bug: evaluate with no_grad only", "ex11",
+     [("    was_training = model.training\n    model.eval()\n", ""),
+      ("    finally:\n        model.train(was_training)\n", "    finally:\n        pass\n")]),
+    ("find the bug: evaluate never switches back", "ex11",
+     [("    finally:\n        model.train(was_training)\n", "    finally:\n        pass\n")]),
+    ("find the bug: evaluate always switches back to training", "ex11",
+     [("model.train(was_training)", "model.train()")]),
 ]
 
 # Mistakes in the exercises whose public checks are meant to catch every typical mistake: the
 # public checks fail on each of these mutants, as the grade drops (they agree both ways).
-PUBLIC_CHECKS_CATCH = {"ex09", "ex10"}
+PUBLIC_CHECKS_CATCH = {"ex09", "ex10", "ex11"}
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,9 @@ from grading_helpers import PATHS, exercise_scores, results_of
 
 GRADESCOPE_TEST_KEYS = {"name", "number", "score", "max_score", "output", "visibility"}
 TOTAL = sum(ex.points for ex in EXERCISES)
+# Exercises graded on behaviour rather than arithmetic (fixing given code, training a network): their
+# hidden cases compare values without requiring a dtype.
+NOT_ABOUT_DTYPES = {"ex11"}
 
 
 def _check_gradescope_format(results: dict) -> None:
@@ -59,6 +62,8 @@ def test_hidden_cases_are_worth_the_exercise_points(grader):
         cases = grader.cases_for(ex, "some answer")
         assert len(cases) >= 5, ex.id
         assert sum(c.points for c in cases) == ex.points
+        if ex.id in NOT_ABOUT_DTYPES:
+            continue
         dtypes = {e.dtype for c in cases for e in c.expected.values() if e.dtype is not None}
         assert {"float32", "float64"} <= {str(d) for d in dtypes}, (ex.id, dtypes)
 
