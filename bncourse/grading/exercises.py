@@ -65,6 +65,8 @@ EXERCISES: tuple[Exercise, ...] = (
              "ex10_layer_group_norm_backward.py"),
     Exercise("ex11", 11, "find the bug: evaluation mode, a reshape, no_grad", "ex11_find_the_bug.ipynb",
              ("BatchNorm1d", "batchnorm2d", "evaluate"), 10.0, "ex11_find_the_bug.py"),
+    Exercise("ex12", 12, "RMSNorm forward and backward", "ex12_rmsnorm.ipynb",
+             ("rmsnorm_forward", "rmsnorm_backward"), 10.0, "ex12_rmsnorm.py"),
 )
 
 _BY_ID = {ex.id: ex for ex in EXERCISES}

@@ -137,11 +137,27 @@ MUTANTS = [
      [("    finally:\n        model.train(was_training)\n", "    finally:\n        pass\n")]),
     ("find the bug: evaluate always switches back to training", "ex11",
      [("model.train(was_training)", "model.train()")]),
+    ("rmsnorm: subtracts the mean (layer norm)", "ex12",
+     [("    return x * inv_rms * weight",
+       "    xc = x - x.mean(axis=axes, keepdims=True)\n"
+       "    return xc / np.sqrt(np.mean(xc * xc, axis=axes, keepdims=True) + eps) * weight")]),
+    ("rmsnorm: eps outside the square root", "ex12",
+     [("np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + eps)",
+       "(np.sqrt(np.mean(x * x, axis=axes, keepdims=True)) + eps)")]),
+    ("rmsnorm: dx without the projection on x_hat", "ex12",
+     [("dx = inv_rms * (g - x_hat * np.mean(g * x_hat, axis=axes, keepdims=True))", "dx = inv_rms * g")]),
+    ("rmsnorm: statistics over the last axis whatever the weight", "ex12",
+     [("axes = tuple(range(x.ndim - weight.ndim, x.ndim))", "axes = (-1,)")]),
+    ("rmsnorm: dweight summed over the batch axis only", "ex12",
+     [("dweight = (dout * x_hat).sum(axis=tuple(range(x.ndim - weight.ndim)))",
+       "dweight = (dout * x_hat).sum(axis=0)")]),
+    ("rmsnorm: backward turns float32 into float64", "ex12",
+     [("g = dout * weight", "g = (dout * weight).astype(np.float64)")]),
 ]
 
 # Mistakes in the exercises whose public checks are meant to catch every typical mistake: the
 # public checks fail on each of these mutants, as the grade drops (they agree both ways).
-PUBLIC_CHECKS_CATCH = {"ex09", "ex10", "ex11"}
+PUBLIC_CHECKS_CATCH = {"ex09", "ex10", "ex11", "ex12"}
 
 
 @pytest.fixture(scope="module")
