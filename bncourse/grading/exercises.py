@@ -67,6 +67,8 @@ EXERCISES: tuple[Exercise, ...] = (
              ("BatchNorm1d", "batchnorm2d", "evaluate"), 10.0, "ex11_find_the_bug.py"),
     Exercise("ex12", 12, "RMSNorm forward and backward", "ex12_rmsnorm.ipynb",
              ("rmsnorm_forward", "rmsnorm_backward"), 10.0, "ex12_rmsnorm.py"),
+    Exercise("ex13", 13, "training a network with your own batch norm", "ex13_train_digits.ipynb",
+             ("BatchNorm", "train_digits"), 10.0, "ex13_train_digits.py"),
 )
 
 _BY_ID = {ex.id: ex for ex in EXERCISES}

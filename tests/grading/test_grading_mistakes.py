@@ -153,11 +153,20 @@ MUTANTS = [
        "dweight = (dout * x_hat).sum(axis=0)")]),
     ("rmsnorm: backward turns float32 into float64", "ex12",
      [("g = dout * weight", "g = (dout * weight).astype(np.float64)")]),
+    ("train digits: predict with the batch's statistics", "ex13",
+     [("return self.logits(x, training=False).argmax(axis=1)", "return self.logits(x, training=True).argmax(axis=1)")]),
+    ("train digits: biased variance in the running estimate", "ex13",
+     [("m * var * n / (n - 1)", "m * var")]),
+    ("train digits: backward without the mean term", "ex13",
+     [("(n * dout - self.dbeta - x_hat * self.dgamma)", "(n * dout - x_hat * self.dgamma)")]),
+    ("train digits: gradient ascent", "ex13",
+     [("velocity[name] = 0.9 * velocity[name] - lr * grads[name]",
+       "velocity[name] = 0.9 * velocity[name] + lr * grads[name]")]),
 ]
 
 # Mistakes in the exercises whose public checks are meant to catch every typical mistake: the
 # public checks fail on each of these mutants, as the grade drops (they agree both ways).
-PUBLIC_CHECKS_CATCH = {"ex09", "ex10", "ex11", "ex12"}
+PUBLIC_CHECKS_CATCH = {"ex09", "ex10", "ex11", "ex12", "ex13"}
 
 
 @pytest.fixture(scope="module")
