@@ -69,6 +69,8 @@ EXERCISES: tuple[Exercise, ...] = (
              ("rmsnorm_forward", "rmsnorm_backward"), 10.0, "ex12_rmsnorm.py"),
     Exercise("ex13", 13, "training a network with your own batch norm", "ex13_train_digits.ipynb",
              ("BatchNorm", "train_digits"), 10.0, "ex13_train_digits.py"),
+    Exercise("ex14", 14, "making a 30-layer network trainable", "ex14_make_it_trainable.ipynb",
+             ("build_network",), 10.0, "ex14_make_it_trainable.py"),
 )
 
 _BY_ID = {ex.id: ex for ex in EXERCISES}

@@ -162,11 +162,17 @@ MUTANTS = [
     ("train digits: gradient ascent", "ex13",
      [("velocity[name] = 0.9 * velocity[name] - lr * grads[name]",
        "velocity[name] = 0.9 * velocity[name] + lr * grads[name]")]),
+    ("trainable: He initialization alone, no residual", "ex14",
+     [('"alpha": np.zeros(DEPTH)', '"alpha": None')]),
+    ("trainable: residual scales that start at 1", "ex14",
+     [('"alpha": np.zeros(DEPTH)', '"alpha": np.ones(DEPTH)')]),
+    ("trainable: weights of standard deviation 1", "ex14",
+     [("np.sqrt(gains[k] / sizes[k])", "1.0")]),
 ]
 
 # Mistakes in the exercises whose public checks are meant to catch every typical mistake: the
 # public checks fail on each of these mutants, as the grade drops (they agree both ways).
-PUBLIC_CHECKS_CATCH = {"ex09", "ex10", "ex11", "ex12", "ex13"}
+PUBLIC_CHECKS_CATCH = {"ex09", "ex10", "ex11", "ex12", "ex13", "ex14"}
 
 
 @pytest.fixture(scope="module")

@@ -8,28 +8,16 @@ rows of noise mixed into the batch (labels -1: not scored), which an evaluation-
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from bncourse.functional import batchnorm_backward, batchnorm_forward
 from bncourse.grading.references import running_stats_update
 from bncourse.grading.spec import Case, call, expect, expect_labels, get, put
 
-from _common import affine, dims, sample
+from _common import affine, digits, dims, sample
 
 TARGET = 0.93
 NOISE_ROWS = 120
-
-
-@functools.lru_cache(maxsize=1)
-def _digits():
-    """(x_train, y_train, x_test, y_test) as float64/int64 arrays, loaded once per grading process."""
-    from bncourse.lab.data import load_digits_split
-
-    split = load_digits_split(test_fraction=0.2, seed=0)
-    return tuple(t.numpy().astype(np.float64 if t.dtype.is_floating_point else np.int64)
-                 for t in (split.x_train, split.y_train, split.x_test, split.y_test))
 
 
 def _layer(rng, c):
@@ -79,7 +67,7 @@ def _eval_case(rng):
 
 
 def _training_case(rng):
-    x_train, y_train, x_test, y_test = (a.copy() for a in _digits())
+    x_train, y_train, x_test, y_test = (a.copy() for a in digits())
     noise = rng.normal(size=(NOISE_ROWS, x_test.shape[1])) * 30.0 + rng.normal(size=x_test.shape[1]) * 30.0
     order = rng.permutation(len(x_test) + NOISE_ROWS)
     mixed = np.concatenate([x_test, noise])[order]
