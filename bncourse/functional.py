@@ -30,6 +30,9 @@ __all__ = [
     "groupnorm_forward",
     "groupnorm_backward",
     "fold_batchnorm_arrays",
+    "RMSNormCache",
+    "rmsnorm_forward",
+    "rmsnorm_backward",
 ]
 
 
@@ -478,3 +481,78 @@ def fold_batchnorm_arrays(
     folded_w = weight * scale.reshape((c,) + (1,) * (weight.ndim - 1))
     folded_b = scale * b + shift
     return folded_w.astype(weight.dtype, copy=False), folded_b.astype(weight.dtype, copy=False)
+
+
+# -- RMSNorm: scale by the root mean square, no centring -------------------
+
+
+class RMSNormCache(NamedTuple):
+    """What :func:`rmsnorm_forward` keeps for the backward pass.
+
+    - ``x_hat``: ``x / rms``, shape of ``x``; ``dweight`` is ``dout * x_hat`` summed.
+    - ``inv_rms``: ``1 / sqrt(mean(x**2) + eps)`` over the normalized axes, kept with
+      those axes as size 1 so that it broadcasts against ``x``.
+    - ``weight``: the elementwise scale, or ``None`` for none.
+    """
+
+    x_hat: np.ndarray
+    inv_rms: np.ndarray
+    weight: np.ndarray | None
+
+
+def rmsnorm_forward(
+    x: np.ndarray, weight: np.ndarray | None, eps: float = 1e-6
+) -> tuple[np.ndarray, RMSNormCache]:
+    """RMSNorm (Zhang & Sennrich, 2019), like ``torch.nn.functional.rms_norm(x, weight.shape, weight, eps)``.
+
+    Each slice over the last ``weight.ndim`` axes is divided by its root mean
+    square ``sqrt(mean(x**2) + eps)`` -- nothing is subtracted -- and multiplied
+    elementwise by ``weight``.
+
+    Args:
+        x: input of shape ``(..., *normalized_shape)``.
+        weight: scale of shape ``normalized_shape`` (at least 1-D), or ``None``
+            to normalize over the last axis without a scale.
+        eps: added to the mean square inside the square root.
+
+    Returns:
+        ``out`` (shape and dtype of ``x``) and an :class:`RMSNormCache`.
+    """
+    _check_input(x)
+    if weight is not None:
+        weight = np.asarray(weight)
+        if weight.ndim < 1 or weight.ndim > x.ndim or x.shape[x.ndim - weight.ndim:] != weight.shape:
+            raise ValueError(
+                f"expected weight whose shape ends x's shape {x.shape} (torch's normalized_shape), "
+                f"got shape {weight.shape}"
+            )
+    axes = tuple(range(x.ndim - (1 if weight is None else weight.ndim), x.ndim))
+    inv_rms = (1.0 / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + eps)).astype(x.dtype)
+    x_hat = x * inv_rms
+    out = x_hat if weight is None else x_hat * weight.astype(x.dtype)
+    return out, RMSNormCache(x_hat, inv_rms, None if weight is None else weight.astype(x.dtype))
+
+
+def rmsnorm_backward(
+    dout: np.ndarray, cache: RMSNormCache
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Backward of :func:`rmsnorm_forward`: ``(dx, dweight)``, shapes ``x`` and ``weight`` (or ``None``).
+
+    With ``g = dout * weight`` and ``M`` values per normalized slice,
+    ``dx = inv_rms * (g - x_hat * mean(g * x_hat))``: the gradient loses its
+    component along ``x_hat``, because scaling a slice does not change its output.
+    """
+    if not isinstance(cache, RMSNormCache):
+        raise ValueError(f"expected the cache returned by rmsnorm_forward, got {type(cache).__name__}")
+    _check_input(dout, "dout")
+    if dout.shape != cache.x_hat.shape:
+        raise ValueError(
+            f"expected dout of shape {cache.x_hat.shape} (the forward input's shape), got shape {dout.shape}"
+        )
+    x_hat = cache.x_hat
+    k = 1 if cache.weight is None else cache.weight.ndim
+    axes = tuple(range(dout.ndim - k, dout.ndim))
+    g = dout if cache.weight is None else dout * cache.weight
+    dx = cache.inv_rms * (g - x_hat * np.mean(g * x_hat, axis=axes, keepdims=True))
+    dweight = None if cache.weight is None else (dout * x_hat).sum(axis=tuple(range(dout.ndim - k)))
+    return dx, dweight

@@ -138,3 +138,32 @@ def test_backward_rejects_wrong_dout_shape():
     _, cache = F.batchnorm_forward(x, gamma, beta)
     with pytest.raises(ValueError, match=r"dout of shape \(4, 3\)"):
         F.batchnorm_backward(np.ones((4, 2)), cache)
+
+
+@pytest.mark.parametrize("shape, weight_shape", [((6, 5), (5,)), ((3, 4, 5), (5,)), ((3, 4, 5), (4, 5)),
+                                                 ((3, 4, 5), None)])
+def test_rmsnorm_matches_torch(shape, weight_shape):
+    rng = np.random.default_rng(1)
+    x, dout = rng.normal(0.5, 2.0, shape), rng.normal(size=shape)
+    x[0] = 0.0  # a slice of zeros: only eps keeps it finite
+    weight = None if weight_shape is None else rng.normal(size=weight_shape)
+    out, cache = F.rmsnorm_forward(x, weight, eps=1e-6)
+    dx, dweight = F.rmsnorm_backward(dout, cache)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = None if weight is None else torch.tensor(weight, requires_grad=True)
+    expected = torch.nn.functional.rms_norm(xt, weight_shape or shape[-1:], wt, eps=1e-6)
+    expected.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, expected.detach().numpy(), rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-9)
+    if weight is None:
+        assert dweight is None
+    else:
+        np.testing.assert_allclose(dweight, wt.grad.numpy(), rtol=TOL, atol=TOL)
+
+
+def test_rmsnorm_keeps_float32_and_rejects_a_misshaped_weight():
+    x = np.ones((2, 3), np.float32)
+    out, cache = F.rmsnorm_forward(x, np.ones(3, np.float32))
+    assert out.dtype == F.rmsnorm_backward(x, cache)[0].dtype == np.float32
+    with pytest.raises(ValueError, match="normalized_shape"):
+        F.rmsnorm_forward(x, np.ones(2))

@@ -58,6 +58,19 @@ EXERCISES: tuple[Exercise, ...] = (
              ("BatchNorm1d",), 10.0, "ex07_torch_batchnorm1d.py"),
     Exercise("ex08", 8, "folding batch norm into a linear layer", "ex08_fold.ipynb",
              ("fold_batchnorm",), 10.0, "ex08_fold.py"),
+    Exercise("ex09", 9, "merging batch statistics across devices", "ex09_merge_statistics.ipynb",
+             ("merge_statistics",), 10.0, "ex09_merge_statistics.py"),
+    Exercise("ex10", 10, "the backward pass of layer norm and group norm",
+             "ex10_layer_group_norm_backward.ipynb", ("layernorm_backward", "groupnorm_backward"), 10.0,
+             "ex10_layer_group_norm_backward.py"),
+    Exercise("ex11", 11, "find the bug: evaluation mode, a reshape, no_grad", "ex11_find_the_bug.ipynb",
+             ("BatchNorm1d", "batchnorm2d", "evaluate"), 10.0, "ex11_find_the_bug.py"),
+    Exercise("ex12", 12, "RMSNorm forward and backward", "ex12_rmsnorm.ipynb",
+             ("rmsnorm_forward", "rmsnorm_backward"), 10.0, "ex12_rmsnorm.py"),
+    Exercise("ex13", 13, "training a network with your own batch norm", "ex13_train_digits.ipynb",
+             ("BatchNorm", "train_digits"), 10.0, "ex13_train_digits.py"),
+    Exercise("ex14", 14, "making a 30-layer network trainable", "ex14_make_it_trainable.ipynb",
+             ("build_network",), 10.0, "ex14_make_it_trainable.py"),
 )
 
 _BY_ID = {ex.id: ex for ex in EXERCISES}

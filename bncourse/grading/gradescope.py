@@ -66,6 +66,8 @@ fi
 REQUIREMENTS = """# Installed by setup.sh into /opt/bncourse-venv (torch comes from the CPU index, see setup.sh).
 numpy>=1.26,<3
 torch==2.13.0
+# The digits that Exercises 13 and 14 train on come from scikit-learn (read by the grader, not the sandbox).
+scikit-learn>=1.4
 """
 
 

@@ -107,6 +107,8 @@ def judge_value(got: np.ndarray, want: Expect, name: str) -> tuple[bool, str]:
     the reference is finite, then values within ``atol + rtol * |expected|``.
     Messages say what is wrong without revealing the expected values.
     """
+    if want.min_agreement is not None:
+        return _judge_labels(got, want, name)
     if want.dtype is not None and got.dtype != want.dtype:
         return False, (f"{name}: dtype {got.dtype}, expected {want.dtype} (keep the input's dtype)")
     if want.exact:
@@ -134,3 +136,18 @@ def judge_value(got: np.ndarray, want: Expect, name: str) -> tuple[bool, str]:
                        f"{float(err[worst]):.2e} at index {tuple(int(i) for i in worst)} "
                        f"(tolerance {want.atol:.0e} + {want.rtol:.0e} x |expected|)")
     return True, f"{name}: correct"
+
+
+def _judge_labels(got: np.ndarray, want: Expect, name: str) -> tuple[bool, str]:
+    """Predicted labels: the share of scored entries equal to the expected ones, against a threshold."""
+    if got.shape != want.value.shape:
+        return False, f"{name}: shape {got.shape}, expected {want.value.shape} (one label per input row)"
+    if got.dtype.kind == "f" and not np.all(np.isfinite(got)):
+        return False, f"{name}: contains NaN or infinity; expected integer class labels"
+    scored = want.value >= 0
+    agreement = float(np.mean(got[scored] == want.value[scored]))
+    needed = want.min_agreement
+    if agreement + 1e-12 < needed:
+        return False, (f"{name}: accuracy {agreement:.3f} on {int(scored.sum())} examples, "
+                       f"at least {needed:.3f} needed")
+    return True, f"{name}: accuracy {agreement:.3f} (at least {needed:.3f} needed)"

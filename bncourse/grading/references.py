@@ -14,6 +14,7 @@ __all__ = [
     "GRAPH_NODES",
     "batchnorm_graph_gradients",
     "running_stats_update",
+    "merge_moments",
 ]
 
 #: The nodes of the training-mode graph, in forward order, whose gradients Exercise 3 returns.
@@ -78,3 +79,34 @@ def running_stats_update(
     new_mean = (1.0 - m) * np.asarray(running_mean, np.float64) + m * mean
     new_var = (1.0 - m) * np.asarray(running_var, np.float64) + m * unbiased
     return new_mean, new_var
+
+
+def merge_moments(
+    counts: np.ndarray, means: np.ndarray, m2s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Global mean and biased variance from per-device ``(count, mean, M2)`` triples.
+
+    Device ``k`` saw ``counts[k]`` values per channel with mean ``means[k]`` and
+    ``M2 = sum((x - means[k])**2)``. With ``N = sum(counts)`` and the global mean
+    ``mu = sum(counts * means) / N``, the global ``M2`` is
+    ``sum(m2s) + sum(counts * (means - mu)**2)`` (Chan, Golub and LeVeque's
+    combination, all devices at once). Devices with count 0 contribute nothing.
+
+    Args:
+        counts: ``(K,)`` non-negative integers, not all zero.
+        means, m2s: ``(K, C)``.
+
+    Returns:
+        float64 ``(mean, var)`` of shape ``(C,)``, ``var = M2 / N``.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    means, m2s = (np.asarray(a, dtype=np.float64) for a in (means, m2s))
+    if counts.ndim != 1 or means.shape != m2s.shape or means.shape[:1] != counts.shape:
+        raise ValueError(f"expected counts (K,), means and m2s (K, C), got counts {counts.shape}, "
+                         f"means {means.shape}, m2s {m2s.shape}")
+    total = counts.sum()
+    if total <= 0 or (counts < 0).any():
+        raise ValueError(f"expected non-negative counts with a positive sum, got {counts}")
+    mean = (counts[:, None] * means).sum(axis=0) / total
+    m2 = m2s.sum(axis=0) + (counts[:, None] * (means - mean) ** 2).sum(axis=0)
+    return mean, m2 / total

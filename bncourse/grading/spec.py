@@ -36,6 +36,7 @@ __all__ = [
     "put",
     "item",
     "expect",
+    "expect_labels",
     "tolerance",
     "case_plan",
 ]
@@ -95,6 +96,9 @@ class Expect:
         rtol, atol: the answer passes when ``|got - value| <= atol + rtol * |value|``
             everywhere; ``atol`` is absolute (already scaled by the caller).
         exact: compare exactly (integers, counters).
+        min_agreement: for class labels (see :func:`expect_labels`): the answer passes when
+            at least this fraction of the scored entries equals ``value`` exactly; entries
+            where ``value`` is negative are not scored.
     """
 
     value: np.ndarray
@@ -102,6 +106,7 @@ class Expect:
     rtol: float
     atol: float
     exact: bool = False
+    min_agreement: float | None = None
 
 
 def tolerance(dtype: Any, kind: str = "value") -> tuple[float, float]:
@@ -145,6 +150,22 @@ def expect(value: Any, dtype: Any = "same", kind: str = "value", rtol: float | N
         atol=atol_scale * scale if atol is None else float(atol),
         exact=exact,
     )
+
+
+def expect_labels(labels: Any, at_least: float) -> Expect:
+    """Predicted class labels that must agree with ``labels`` on at least ``at_least`` of the entries.
+
+    For exercises graded on what a trained model achieves (an accuracy), not on exact values.
+    Entries of ``labels`` below 0 mark inputs whose prediction is not scored (e.g. noise rows
+    mixed into a batch to check that predictions do not depend on the rest of the batch).
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1 or not (labels >= 0).any():
+        raise ValueError(f"expected a 1-D integer array of labels with some >= 0, got {labels.dtype} "
+                         f"of shape {labels.shape}")
+    if not 0.0 < float(at_least) <= 1.0:
+        raise ValueError(f"expected at_least in (0, 1], got {at_least!r}")
+    return Expect(value=labels, dtype=None, rtol=0.0, atol=0.0, min_agreement=float(at_least))
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bncourse.grading.exercises import EXERCISES
 from bncourse.grading.grader import Grader, default_paths
 from bncourse.grading.sandbox import detect_sandbox
 
@@ -23,7 +24,7 @@ def grader(sandbox):
 
 @pytest.fixture(scope="session")
 def dir_grader(sandbox):
-    """A grader for an assignment made of all eight exercises."""
+    """A grader for an assignment made of all the exercises."""
     paths = default_paths()
     return Grader(paths["hidden"], paths["templates"], sandbox, TEST_LIMITS,
-                  exercises=[f"ex0{i}" for i in range(1, 9)])
+                  exercises=[ex.id for ex in EXERCISES])

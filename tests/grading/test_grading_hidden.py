@@ -156,3 +156,34 @@ def test_fold_and_eval_cases_match_torch(grader, seed):
         x, mean, var, gamma, beta = (_t(a) for a in step.args)
         want = F.batch_norm(x, mean, var, gamma, beta, training=False)
         _close(case.expected["out"].value, want.numpy(), rtol=1e-7, atol=1e-7)
+
+
+def test_merged_moments_match_torch_on_the_concatenated_data():
+    from bncourse.grading.references import merge_moments
+
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(loc, 1.0, size=(n, 3)) for loc, n in ((0.0, 0), (5.0, 1), (-2.0, 700), (1e3, 4), (0.0, 0))]
+    counts = np.array([len(c) for c in chunks])
+    means = np.array([c.mean(axis=0) if len(c) else np.zeros(3) for c in chunks])
+    m2s = np.array([((c - m) ** 2).sum(axis=0) for c, m in zip(chunks, means)])
+    mean, var = merge_moments(counts, means, m2s)
+    everything = _t(np.concatenate(chunks))
+    _close(mean, everything.mean(dim=0), rtol=1e-12)
+    _close(var, everything.var(dim=0, unbiased=False), rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rmsnorm_cases_match_torch(grader, seed):
+    for case in grader.cases_for(get_exercise("ex12"), seed=seed):
+        step = case.steps[0]
+        if step.target == "rmsnorm_forward":
+            x, weight, eps = step.args
+            want = F.rms_norm(_t(x), weight.shape, _t(weight), eps=eps).numpy()
+            _close(case.expected["out"].value, want, rtol=1e-10, atol=1e-10)
+        else:
+            dout, x, weight, eps = step.args
+            xt, wt = _t(x).requires_grad_(), _t(weight).requires_grad_()
+            F.rms_norm(xt, weight.shape, wt, eps=eps).backward(_t(dout))
+            for name, grad in (("dx", xt.grad), ("dweight", wt.grad)):
+                if name in case.expected:
+                    _close(case.expected[name].value, grad.numpy(), rtol=1e-8, atol=1e-8)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bncourse.grading.judge import JudgeError, judge_value, load_output, parse_npy
-from bncourse.grading.spec import expect
+from bncourse.grading.spec import expect, expect_labels
 
 
 def _npy(array, allow_pickle=False):
@@ -70,3 +70,17 @@ def test_judge_messages():
     assert not ok and "1 of 2 values wrong" in msg and "2.0" not in msg  # no expected values leak
     exact = expect(np.int64(3), dtype=None, exact=True)
     assert judge_value(np.array(3), exact, "n")[0] and not judge_value(np.array(4), exact, "n")[0]
+
+
+def test_labels_are_judged_by_accuracy_on_the_scored_rows():
+    want = expect_labels(np.array([0, 1, 2, 3, -1, -1, 4, 5, 6, 7]), at_least=0.75)  # 8 scored rows
+    ok, msg = judge_value(np.array([0, 1, 2, 3, 9, 9, 4, 5, 0, 0]), want, "labels")  # 6 of 8 right
+    assert ok and "0.750" in msg
+    ok, msg = judge_value(np.array([0, 1, 2, 0, 9, 9, 4, 5, 0, 0]), want, "labels")  # 5 of 8
+    assert not ok and msg == "labels: accuracy 0.625 on 8 examples, at least 0.750 needed"
+    ok, msg = judge_value(np.array([0.0, 1.0, np.nan, 3, 0, 0, 4, 5, 6, 7]), want, "labels")
+    assert not ok and "NaN" in msg
+    ok, msg = judge_value(np.arange(9), want, "labels")
+    assert not ok and "shape (9,)" in msg
+    with pytest.raises(ValueError, match="labels"):
+        expect_labels(np.array([0.5, 1.0]), 0.9)

@@ -13,6 +13,12 @@ from bncourse.grading.grader import Submission, collect_submissions, grade_batch
 from grading_helpers import PATHS, exercise_scores, results_of
 
 GRADESCOPE_TEST_KEYS = {"name", "number", "score", "max_score", "output", "visibility"}
+TOTAL = sum(ex.points for ex in EXERCISES)
+# Exercises graded on behaviour rather than arithmetic (fixing given code, training a network): their
+# hidden cases compare values without requiring a dtype.
+NOT_ABOUT_DTYPES = {"ex11", "ex13", "ex14"}
+# Exercise 14 is graded by one training run in the sandbox (its cost): one scale case, one training case.
+FEW_CASES = {"ex14"}
 
 
 def _check_gradescope_format(results: dict) -> None:
@@ -33,7 +39,7 @@ def test_solutions_full_marks_stubs_zero(grader, tmp_path):
     grade_batch(grader, subs, tmp_path, jobs=2, progress=None)
     solutions = results_of(tmp_path, "solutions")
     _check_gradescope_format(solutions)
-    assert solutions["score"] == 80.0, solutions["output"]
+    assert solutions["score"] == TOTAL, solutions["output"]
     assert all(t["output"] == "passed" for t in solutions["tests"])
     assert exercise_scores(solutions) == {ex.id: 10.0 for ex in EXERCISES}
 
@@ -49,15 +55,17 @@ def test_solutions_full_marks_stubs_zero(grader, tmp_path):
 
     with open(tmp_path / "grades.csv") as f:
         rows = {row["submission"]: row for row in csv.DictReader(f)}
-    assert rows["solutions"]["score"] == "80" and rows["solutions"]["max_score"] == "80"
+    assert rows["solutions"]["score"] == f"{TOTAL:g}" and rows["solutions"]["max_score"] == f"{TOTAL:g}"
     assert rows["exercises"]["score"] == "0" and rows["exercises"]["ex05"] == "0"
 
 
 def test_hidden_cases_are_worth_the_exercise_points(grader):
     for ex in EXERCISES:
         cases = grader.cases_for(ex)
-        assert len(cases) >= 5, ex.id
+        assert len(cases) >= (2 if ex.id in FEW_CASES else 5), ex.id
         assert sum(c.points for c in cases) == ex.points
+        if ex.id in NOT_ABOUT_DTYPES:
+            continue
         dtypes = {e.dtype for c in cases for e in c.expected.values() if e.dtype is not None}
         assert {"float32", "float64"} <= {str(d) for d in dtypes}, (ex.id, dtypes)
 
@@ -76,7 +84,7 @@ def test_same_submission_same_results(grader, tmp_path):
     first, second = grader.grade(sub), grader.grade(sub)
     strip = lambda r: [(t["name"], t["score"], t["output"]) for t in r["tests"]]  # noqa: E731
     assert strip(first) == strip(second)
-    assert first["score"] == second["score"] == 80.0
+    assert first["score"] == second["score"] == TOTAL
 
 
 def test_resume_grades_only_what_is_missing(grader, tmp_path):
