@@ -31,11 +31,12 @@ def test_runner_needs_only_the_standard_library_and_numpy():
 def test_bwrap_binds_no_course_files(sandbox, tmp_path):
     if sandbox.kind != "bwrap":
         pytest.skip("bubblewrap is not usable here")
+    sandbox.prepare(tmp_path)
     cmd = sandbox.command(tmp_path, ["grade", "/sandbox/plan.json", "3"])
-    assert {"--unshare-all", "--die-with-parent", "--new-session"} <= set(cmd)
+    assert {"--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent"} <= set(cmd)
     sources = [Path(cmd[i + 1]) for i, a in enumerate(cmd) if a in ("--bind", "--ro-bind", "--ro-bind-try")]
     writable = [Path(cmd[i + 1]) for i, a in enumerate(cmd) if a == "--bind"]
-    assert writable == [tmp_path]
+    assert writable == [tmp_path / "out"]
     for src in sources:
         inside_repo = src == ROOT or ROOT in src.parents
         assert not inside_repo or (ROOT / ".venv") in src.parents, f"{src} exposes the repository"
@@ -74,8 +75,9 @@ def test_fallback_without_bubblewrap_warns_loudly_and_still_grades(tmp_path):
         "ex01", "import os\ndef batchnorm_forward(x, gamma, beta, eps=1e-5):\n    os.fork()\n"))
     ok = grader.grade(Submission("control", control))
     assert ok["score"] == 10.0
-    assert "NOT SANDBOXED" in ok["output"] and "NOT protected from" in ok["output"]
-    assert all("WARNING" in t["output"] for t in ok["tests"])
+    assert "NOT in bubblewrap" in ok["output"] and "NOT protected from" in ok["output"]
+    # Instructors see the warnings; students (tests[].output) never learn what is unprotected.
+    assert not any("WARNING" in t["output"] or "bubblewrap" in t["output"] for t in ok["tests"])
     blocked = grader.grade(Submission("fork", fork))
     assert blocked["score"] == 0.0 and "PermissionError" in all_outputs(blocked)
-    assert blocked["extra_data"]["bncourse"]["protections"]["seccomp"] == "installed"
+    assert blocked["extra_data"]["bncourse"]["protections"]["seccomp"].startswith("installed")
