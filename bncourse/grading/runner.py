@@ -37,6 +37,7 @@ import traceback
 EVENTS_FD = 3
 STARTED = time.perf_counter()
 MEMORY_MB = 0
+DISK_MB = 0
 MAX_MESSAGE = 600
 
 
@@ -347,6 +348,8 @@ def describe_exception(exc, sources):
         head = "SystemExit: your code called sys.exit()/exit() (code %r)" % (exc.code,)
     elif isinstance(exc, MemoryError) and MEMORY_MB:
         head = "MemoryError: out of memory (the grader allows %d MB)" % MEMORY_MB
+    elif isinstance(exc, OSError) and exc.errno == 28 and DISK_MB:
+        head = "OSError: no space left: your code wrote more than the %d MB allowed" % DISK_MB
     else:
         head = "%s: %s" % (name, exc) if str(exc) else name
     where = None
@@ -502,7 +505,7 @@ def run_cells(plan):
 
 
 def main():
-    global EVENTS_FD, MEMORY_MB
+    global EVENTS_FD, MEMORY_MB, DISK_MB
     mode, plan_path = sys.argv[1], sys.argv[2]
     if len(sys.argv) > 3:
         EVENTS_FD = int(sys.argv[3])
@@ -517,6 +520,7 @@ def main():
     if plan.get("limits"):
         ready["limits"] = apply_limits(plan["limits"])
         MEMORY_MB = plan["limits"].get("RLIMIT_AS", [0])[0] >> 20
+        DISK_MB = int(plan.get("disk_mb", 0))
     if plan.get("landlock") is not None:
         try:
             ready["landlock"] = install_landlock(plan["landlock"])

@@ -278,7 +278,9 @@ class Sandbox:
             cmd += ["--ro-bind", str(d), f"/pylib/{d.name}"]
         # The working directory is a tmpfs of disk_mb: files held open after writing count
         # too. The runner, plan and inputs come in read-only; only out/ goes back to the host.
-        limit = disk_bytes or Limits().disk_mb << 20
+        # Twice the limit: the grader's poll (which reads this tmpfs's usage) normally stops a run
+        # first; the tmpfs size is the hard bound in between polls.
+        limit = 2 * (disk_bytes or Limits().disk_mb << 20)
         cmd += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
                 "--size", str(limit), "--perms", "0777", "--tmpfs", "/sandbox"]
         for entry in sorted(workdir.iterdir()):
@@ -306,6 +308,7 @@ class Sandbox:
         if self.kind != "local":
             plan["limits"] = limits.rlimits(exercises, self.nproc)
             plan["seccomp"] = True
+            plan["disk_mb"] = limits.disk_mb
             plan["sys_path"] = [str(self.pylib(workdir))]
             if self.landlock:
                 plan["landlock"] = self.landlock_rules(workdir)
@@ -347,6 +350,9 @@ class Sandbox:
             if now >= next_disk_check:
                 next_disk_check = now + 0.2
                 size, count = _usage(workdir, limits.max_files)
+                if self.kind == "bwrap" and runner_pid:
+                    tmpfs = _tmpfs_usage(runner_pid)  # counts files held open after unlinking, too
+                    size, count = size + tmpfs[0], count + tmpfs[1]
                 if size > limits.disk_mb << 20 or count > limits.max_files:
                     killed = "disk"
                     break
@@ -403,6 +409,15 @@ def _usage(root: Path, max_entries: int) -> tuple[int, int]:
         except OSError:
             continue
     return size, count
+
+
+def _tmpfs_usage(pid: int) -> tuple[int, int]:
+    """Bytes and inodes in use on the sandbox's tmpfs, seen through the runner's root."""
+    try:
+        st = os.statvfs(f"/proc/{pid}/root/sandbox")
+    except OSError:
+        return 0, 0
+    return (st.f_blocks - st.f_bfree) * st.f_frsize, max(st.f_files - st.f_ffree - 1, 0)
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

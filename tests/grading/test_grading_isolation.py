@@ -1,0 +1,266 @@
+"""The review's attacks on the sandbox, in process mode (as root here) and in bubblewrap.
+
+Each test builds its submission programmatically, grades it, and asserts the score, the
+message, and that no sandboxed process and no work directory is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bncourse.grading.grader import Grader, Submission
+from bncourse.grading.sandbox import detect_sandbox, student_python
+
+from grading_helpers import (PATHS, ROOT, TEST_LIMITS, all_outputs, answer_source, exercise_scores,
+                             full_directory, load, with_answer, write_nb)
+
+SIG = "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n"
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.fixture(scope="module", params=["process", "bwrap"])
+def mode_grader(request):
+    try:
+        sandbox = detect_sandbox(request.param)
+    except ValueError as err:
+        pytest.skip(f"{request.param} sandbox not usable here: {err}")
+    return Grader(PATHS["hidden"], PATHS["templates"], sandbox, TEST_LIMITS)
+
+
+@pytest.fixture(autouse=True)
+def scratch(monkeypatch, tmp_path):
+    """Work directories of this test go to a fresh directory (``tmp_path`` stays where it was)."""
+    base = tempfile.mkdtemp(prefix="bncourse-isolation-test-")
+    os.chmod(base, 0o711)  # nobody must reach its work directory inside
+    monkeypatch.setattr(tempfile, "tempdir", base)
+    yield Path(base)
+    monkeypatch.undo()
+    procs, dirs = _leftovers(base)
+    os.rmdir(base) if not dirs else None
+    assert procs == [], procs
+    assert dirs == [], dirs
+
+
+def _leftovers(base: str) -> tuple[list[bytes], list[str]]:
+    """Sandboxed processes still running from ``base``, and work directories left in it."""
+    procs = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"runner.py" in cmdline and base.encode() in cmdline:
+            procs.append(cmdline)
+    return procs, sorted(os.listdir(base))
+
+
+def _grade(grader: Grader, tmp_path: Path, name: str, body: str) -> dict:
+    path = write_nb(tmp_path / f"{name}.ipynb", with_answer("ex01", body))
+    results = grader.grade(Submission(name, path))
+    assert _leftovers(tempfile.gettempdir()) == ([], [])
+    return results
+
+
+def test_import_cheat_finds_no_course_code(mode_grader, tmp_path):
+    # The review's cheat: put the grader's site-packages (and the checkout) on sys.path, then
+    # answer with the course's own reference implementation.
+    sites = str(Path(sys.prefix) / "lib" / "python3*" / "site-packages")
+    body = (f"import sys, glob\nsys.path[:0] = glob.glob({sites!r}) + [{str(ROOT)!r}]\n"
+            "from bncourse.functional import batchnorm_forward as _reference\n"
+            + SIG + "    return _reference(x, gamma, beta, eps)\n")
+    results = _grade(mode_grader, tmp_path, "import_cheat", body)
+    assert results["score"] == 0.0
+    text = all_outputs(results)
+    assert "No module named 'bncourse'" in text or "PermissionError" in text, text[:1500]
+
+
+class _Listener(threading.Thread):
+    """A TCP listener on 127.0.0.1 that records every connection it accepts."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.stop = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(5)
+        self.sock.close()
+
+
+def test_no_socket_to_localhost(mode_grader, tmp_path):
+    listener = _Listener()
+    try:
+        body = ("import socket\ntry:\n"
+                f"    socket.create_connection(('127.0.0.1', {listener.port}), timeout=2).sendall(b'LEAK')\n"
+                "    net = 'connected'\nexcept OSError as err:\n    net = type(err).__name__\n"
+                "raise RuntimeError(f'NET:{net}')\n")
+        results = _grade(mode_grader, tmp_path, "socket", body)
+    finally:
+        listener.close()
+    assert listener.accepted == 0
+    assert results["score"] == 0.0
+    assert "NET:PermissionError" in all_outputs(results)  # seccomp: no socket of any family
+
+
+def test_no_write_to_tmp(mode_grader, tmp_path):
+    token = uuid.uuid4().hex
+    targets = [f"/tmp/bncourse-attack-{token}", f"/var/tmp/bncourse-attack-{token}",
+               f"/dev/shm/bncourse-attack-{token}"]
+    body = (f"written = []\nfor p in {targets!r}:\n    try:\n        open(p, 'w').write('x')\n"
+            "        written.append(p)\n    except OSError:\n        pass\n"
+            "raise RuntimeError(f'WROTE:{written}')\n")
+    try:
+        results = _grade(mode_grader, tmp_path, "tmp_write", body)
+        assert [p for p in targets if os.path.exists(p)] == []
+    finally:
+        for p in targets:
+            if os.path.exists(p):
+                os.unlink(p)
+    assert results["score"] == 0.0
+    assert "WROTE:[]" in all_outputs(results)
+
+
+def _peak_rss_reset() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, the peak resident set size
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/self/status")
+
+
+def test_events_flood_without_newlines_keeps_the_grader_small(mode_grader, tmp_path):
+    # 1.5 GiB into the events pipe, never a newline: the trusted reader must not buffer it.
+    body = ("import os, sys\nfd = int(sys.argv[3])\nchunk = b'x' * (1 << 20)\n"
+            "for _ in range(1536):\n    os.write(fd, chunk)\n" + answer_source("ex01"))
+    if not _peak_rss_reset():
+        pytest.skip("cannot reset the peak RSS counter here (/proc/self/clear_refs)")
+    before = _peak_rss_mb()
+    results = _grade(mode_grader, tmp_path, "events_flood", body)
+    growth = _peak_rss_mb() - before
+    assert growth < 64, f"the grader's peak RSS grew by {growth:.0f} MB"
+    assert results["score"] == 0.0
+    assert "printed more than" in results["output"]
+
+
+def test_unlinked_files_cannot_hide_disk_use(mode_grader, tmp_path):
+    # Each way to hold file data without a name in the working directory, then 300 MB into them.
+    body = ("import os\nheld, tried = [], []\n"
+            "try:\n    f = open('big', 'wb'); os.unlink('big'); held.append(f.fileno()); tried.append('unlink')\n"
+            "except OSError as err:\n    tried.append(type(err).__name__)\n"
+            "try:\n    held.append(os.open('.', os.O_TMPFILE | os.O_WRONLY, 0o600)); tried.append('tmpfile')\n"
+            "except OSError as err:\n    tried.append(type(err).__name__)\n"
+            "try:\n    held.append(os.memfd_create('x')); tried.append('memfd')\n"
+            "except OSError as err:\n    tried.append(type(err).__name__)\n"
+            "for fd in held:\n    for _ in range(50):\n        os.write(fd, b'x' * (1 << 20))\n"
+            "raise RuntimeError(f'UNLINKED:{tried}')\n")
+    results = _grade(mode_grader, tmp_path, "unlinked", body)
+    assert results["score"] == 0.0
+    assert "UNLINKED:['PermissionError', 'PermissionError', 'PermissionError']" in all_outputs(results)
+
+
+def test_student_code_is_never_root(mode_grader, tmp_path):
+    body = ("import os\nraise RuntimeError(f'IDS:{os.getuid()},{os.geteuid()},{os.getgid()},{os.getgroups()}')\n")
+    results = _grade(mode_grader, tmp_path, "ids", body)
+    text = all_outputs(results)
+    ids = text[text.index("IDS:") + 4:].split(")")[0]
+    uid, euid = (int(v) for v in ids.split(",")[:2])
+    assert uid != 0 and euid != 0, ids
+    ready = results["extra_data"]["bncourse"]["protections"]
+    assert ready["seccomp"].startswith("installed") and ready["uid"] != 0
+
+
+def test_solutions_full_marks_and_stubs_zero_in_process_mode(tmp_path):
+    try:
+        sandbox = detect_sandbox("process")
+    except ValueError as err:
+        pytest.skip(f"process sandbox not usable here: {err}")
+    grader = Grader(PATHS["hidden"], PATHS["templates"], sandbox, TEST_LIMITS,
+                    exercises=[f"ex0{i}" for i in range(1, 9)])
+    solved = grader.grade(Submission("solved", full_directory(tmp_path / "solved")))
+    assert solved["score"] == 80.0, solved["output"]
+    stubs = full_directory(tmp_path / "stubs", {f"ex0{i}": load(f"ex0{i}", "templates") for i in range(1, 9)})
+    assert grader.grade(Submission("stubs", stubs))["score"] == 0.0
+
+
+NON_ROOT_GRADER = """
+import json, sys
+sys.path[:0] = {paths!r}
+from pathlib import Path
+from bncourse.grading.grader import Grader, Submission
+from bncourse.grading.sandbox import detect_sandbox, Limits
+sandbox = detect_sandbox("process")
+grader = Grader(Path({hidden!r}), Path({templates!r}), sandbox, Limits(timeout=4.0))
+out = {{name: grader.grade(Submission(name, Path({subs!r}) / (name + ".ipynb"))) for name in ("good", "cheat")}}
+print(json.dumps({{"kind": sandbox.kind, "run_as": sandbox.run_as, "warnings": sandbox.warnings,
+                   "scores": {{k: v["score"] for k, v in out.items()}},
+                   "cheat": "\\n".join(t["output"] for t in out["cheat"]["tests"])}}))
+"""
+
+
+def test_process_mode_as_a_non_root_grader(scratch):
+    """The grader itself run as nobody: student code gets the same uid, Landlock still hides the course."""
+    if not IS_ROOT:
+        pytest.skip("needs root to start the grader as another user")
+    try:
+        env = student_python(run_as=(65534, 65534))
+    except ValueError as err:
+        pytest.skip(f"no Python that nobody can run: {err}")
+    home = scratch / "nobody"  # the non-root grader's submissions and temporary directories
+    subs = home / "subs"
+    write_nb(subs / "good.ipynb", with_answer("ex01", answer_source("ex01")))
+    cheat = (f"import sys\nsys.path[:0] = [{str(ROOT)!r}]\nfrom bncourse.functional import batchnorm_forward as f\n"
+             + SIG + "    return f(x, gamma, beta, eps)\n")
+    write_nb(subs / "cheat.ipynb", with_answer("ex01", cheat))
+    for path in (home, subs, *subs.iterdir()):
+        os.chown(path, 65534, 65534)
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    script = NON_ROOT_GRADER.format(paths=[str(ROOT), *site], hidden=str(PATHS["hidden"]),
+                                    templates=str(PATHS["templates"]), subs=str(subs))
+    try:
+        done = subprocess.run([env.python, "-I", "-S", "-c", script], capture_output=True, timeout=300,
+                              user=65534, group=65534, extra_groups=[], cwd="/",
+                              env={"PATH": "/usr/bin:/bin", "TMPDIR": str(home)})
+        left = sorted(p.name for p in home.iterdir() if p.name != "subs")
+    finally:
+        shutil.rmtree(home)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert left == []
+    report = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert report["kind"] == "process" and report["run_as"] is None
+    assert report["scores"] == {"good": 10.0, "cheat": 0.0}, report
+    assert "No module named 'bncourse'" in report["cheat"] or "PermissionError" in report["cheat"]
