@@ -176,6 +176,7 @@ class Sandbox:
     stdlib: list[str] = field(default_factory=list)
     landlock: bool = True
     probe: dict[str, Any] | None = None
+    bwrap: str = "bwrap"
 
     @property
     def packages(self) -> list[Path]:
@@ -247,7 +248,7 @@ class Sandbox:
         inner = [self.python, "-I", "-S", "-B", str(self.inside(workdir) / "runner.py"), *args]
         if self.kind != "bwrap":
             return inner
-        cmd = ["bwrap", "--die-with-parent", "--unshare-ipc", "--unshare-pid", "--unshare-net",
+        cmd = [self.bwrap, "--die-with-parent", "--unshare-ipc", "--unshare-pid", "--unshare-net",
                "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
         if self.drops_inside:
             # Root without a user namespace: only the right to change uid survives into the
@@ -793,11 +794,12 @@ def detect_sandbox(mode: str = "auto", student: str | None = None,
         elif shutil.which("bwrap") is None:
             reason = "bwrap is not installed (Debian/Ubuntu: apt-get install -y bubblewrap)"
         else:
+            bwrap = shutil.which("bwrap")  # the grader's PATH decides, not the sandbox's
             try:
                 env = student_python(student, run_as, packages, for_bwrap=True)
                 candidate = Sandbox("bwrap", env.python, list(env.packages), ro_binds=list(env.prefixes),
                                     hide=_site_dirs_to_hide(list(env.prefixes)), run_as=run_as, nproc=nproc,
-                                    stdlib=list(env.stdlib))
+                                    stdlib=list(env.stdlib), bwrap=bwrap)
                 reason, facts = _probe(candidate, secret)
             except ValueError as err:
                 reason, facts = str(err), {}
