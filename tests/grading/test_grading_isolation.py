@@ -6,6 +6,7 @@ message, and that no sandboxed process and no work directory is left behind.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -264,3 +265,50 @@ def test_process_mode_as_a_non_root_grader(scratch):
     assert report["kind"] == "process" and report["run_as"] is None
     assert report["scores"] == {"good": 10.0, "cheat": 0.0}, report
     assert "No module named 'bncourse'" in report["cheat"] or "PermissionError" in report["cheat"]
+
+
+FROM_A_VENV = """
+import importlib.util, json, os, shutil, sys, tempfile
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("sandbox", {sandbox!r})  # no NumPy in this venv: load the module alone
+sb = importlib.util.module_from_spec(spec)
+sys.modules["sandbox"] = sb
+spec.loader.exec_module(sb)
+env = sb.student_python(packages=(), for_bwrap=True)
+run_as = sb._nobody() if os.geteuid() == 0 else None
+box = sb.Sandbox("bwrap", env.python, [], ro_binds=list(env.prefixes), hide=sb._site_dirs_to_hide(list(env.prefixes)),
+                 run_as=run_as, stdlib=list(env.stdlib), bwrap=shutil.which("bwrap"))
+with tempfile.TemporaryDirectory() as tmp:
+    os.chmod(tmp, 0o711)
+    box.prepare(Path(tmp))
+    code = "import os, sys\\nraise RuntimeError('RAN:%d.%d:%d' % (sys.version_info[0], sys.version_info[1], os.getuid()))"
+    result = box.run(Path(tmp), "cells", {{"cells": [{{"label": "v", "code": code}}]}}, sb.Limits(timeout=20))
+    if run_as:
+        for root, dirs, files in os.walk(tmp):
+            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                os.lchown(name, 0, 0)
+cell = [e for e in result.events if e.get("ev") == "cell"]
+print(json.dumps({{"python": env.python, "venv": sys.prefix, "msg": cell[0]["msg"] if cell else result.output}}))
+"""
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.11"])
+def test_bwrap_starts_from_a_venv_of_each_python(version, tmp_path):
+    """Python 3.10's venv launcher is not the interpreter: the sandbox must use the real one."""
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap is not installed")
+    bases = sorted(glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python{version}")) + [
+        p for p in (shutil.which(f"python{version}"),) if p]
+    if not bases:
+        pytest.skip(f"no Python {version} on this machine")
+    venv = tmp_path / "venv"
+    subprocess.run([bases[0], "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    script = FROM_A_VENV.format(sandbox=str(ROOT / "bncourse" / "grading" / "sandbox.py"))
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if "RAN:" not in report["msg"] and ("namespace" in report["msg"] or "Operation not permitted" in report["msg"]):
+        pytest.skip(f"bubblewrap cannot create namespaces here: {report['msg'][:200]}")
+    assert not report["python"].startswith(str(venv)), report
+    ran = report["msg"].split("RAN:")[1].split(" ")[0].rstrip(")")
+    assert ran.split(":")[0] == version and ran.split(":")[1] != "0", report
