@@ -68,7 +68,10 @@ RUN_AUTOGRADER = r"""#!/usr/bin/env bash
 set -uo pipefail
 ROOT="${AUTOGRADER_ROOT:-/autograder}"
 PY="${BNCOURSE_PYTHON:-/opt/bncourse-venv/bin/python}"
-export BNCOURSE_STUDENT_PYTHON="${BNCOURSE_STUDENT_PYTHON:-/opt/bncourse-student/bin/python}"
+# The students' interpreter environment made by setup.sh (NumPy only); without it the grader finds one.
+if [ -z "${BNCOURSE_STUDENT_PYTHON:-}" ] && [ -x /opt/bncourse-student/bin/python ]; then
+    export BNCOURSE_STUDENT_PYTHON=/opt/bncourse-student/bin/python
+fi
 SRC="$ROOT/source"
 OUT="$(mktemp -d)"
 mkdir -p "$ROOT/results"
