@@ -312,3 +312,57 @@ def test_bwrap_starts_from_a_venv_of_each_python(version, tmp_path):
     assert not report["python"].startswith(str(venv)), report
     ran = report["msg"].split("RAN:")[1].split(" ")[0].rstrip(")")
     assert ran.split(":")[0] == version and ran.split(":")[1] != "0", report
+
+
+SYSCALLS_AFTER_FILTER = """
+import ctypes, errno, json, os, socket, sys
+sys.path.insert(0, {grading!r})
+import runner
+status = runner.install_bpf() if {fallback!r} else runner.install_seccomp()
+libc = ctypes.CDLL(None, use_errno=True)
+def denied(nr, *args):
+    ctypes.set_errno(0)
+    rc = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return rc == -1 and ctypes.get_errno() == errno.EPERM
+tried = {{}}
+for family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX, socket.AF_NETLINK, getattr(socket, "AF_VSOCK", 40)):
+    try:
+        socket.socket(family, socket.SOCK_STREAM if family != socket.AF_NETLINK else socket.SOCK_RAW).close()
+        tried[f"socket{{int(family)}}"] = False
+    except PermissionError:
+        tried[f"socket{{int(family)}}"] = True
+    except OSError:
+        tried[f"socket{{int(family)}}"] = "other error"
+try:
+    os.fork()
+    tried["fork"] = False
+except PermissionError:
+    tried["fork"] = True
+try:
+    os.kill(os.getppid(), 0)
+    tried["kill_parent"] = False
+except PermissionError:
+    tried["kill_parent"] = True
+os.kill(os.getpid(), 0)  # itself: allowed
+if not {fallback!r}:  # x86-64 numbers
+    for name, nr in (("io_uring_setup", 425), ("perf_event_open", 298), ("keyctl", 250), ("ptrace", 101),
+                     ("bpf", 321), ("unlink", 87), ("memfd_create", 319)):
+        tried[name] = denied(nr, 0, 0, 0, 0, 0)
+print(json.dumps({{"status": status, "tried": tried}}))
+"""
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["libseccomp", "fallback-bpf"])
+def test_seccomp_filter_denies_what_it_lists(fallback):
+    import platform
+
+    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+        pytest.skip("the syscall numbers below are x86-64's")
+    script = SYSCALLS_AFTER_FILTER.format(grading=str(ROOT / "bncourse" / "grading"), fallback=fallback)
+    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if not fallback and "libseccomp" not in report["status"]:
+        pytest.skip(f"libseccomp is not installed here: {report['status']}")
+    assert report["status"].startswith("installed"), report
+    assert all(v is True for v in report["tried"].values()), report
