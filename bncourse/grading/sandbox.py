@@ -44,19 +44,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .student_env import STUDENT_PYTHON_ENV, StudentPython, site_dirs_to_hide, student_python
+from .watch import CappedReader, EventReader, cpu_seconds, disk_usage, find_runner, kill_group, tmpfs_usage
+
 __all__ = ["Limits", "Sandbox", "LaunchResult", "StudentPython", "detect_sandbox", "student_python",
-           "RUNNER"]
+           "RUNNER", "STUDENT_PYTHON_ENV"]
 
 RUNNER = Path(__file__).with_name("runner.py")
 NOBODY = 65534
@@ -68,9 +69,6 @@ BASE_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
-# Top-level names in a student environment's site-packages that are tooling, not packages to offer.
-_NOT_PACKAGES = {"pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel", "__pycache__"}
-STUDENT_PYTHON_ENV = "BNCOURSE_STUDENT_PYTHON"
 
 
 @dataclass(frozen=True)
@@ -135,26 +133,6 @@ class LaunchResult:
     case: int | None = None
     cpu_seconds: float | None = None
     events_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class StudentPython:
-    """The interpreter environment student code runs in.
-
-    Attributes:
-        python: the real interpreter binary (never a venv launcher), run with ``-I -S -B``.
-        stdlib: its ``sys.path`` under ``-I -S`` (standard library and ``lib-dynload``).
-        packages: the directories of the allowed packages (e.g. ``numpy``, ``numpy.libs``),
-            offered to student code as one directory of links (``pylib``).
-        prefixes: directories bubblewrap must mount for the interpreter to start.
-        origin: where it came from, for the instructor.
-    """
-
-    python: str
-    stdlib: tuple[str, ...]
-    packages: tuple[Path, ...]
-    prefixes: tuple[Path, ...]
-    origin: str
 
 
 @dataclass
@@ -337,8 +315,8 @@ class Sandbox:
             raise
         finally:
             os.close(w_events)
-        output = _CappedReader(proc.stdout, limits.output_bytes)
-        events = _EventReader(r_events)
+        output = CappedReader(proc.stdout, limits.output_bytes)
+        events = EventReader(r_events)
         cpu_budget = limits.timeout * max(exercises, 1) + limits.startup
         killed = None
         next_disk_check = started + 0.2
@@ -350,9 +328,9 @@ class Sandbox:
             now = time.monotonic()
             if now >= next_disk_check:
                 next_disk_check = now + 0.2
-                size, count = _usage(workdir, limits.max_files)
+                size, count = disk_usage(workdir, limits.max_files)
                 if self.kind == "bwrap" and runner_pid:
-                    tmpfs = _tmpfs_usage(runner_pid)  # counts files held open after unlinking, too
+                    tmpfs = tmpfs_usage(runner_pid)  # counts files held open after unlinking, too
                     size, count = size + tmpfs[0], count + tmpfs[1]
                 if size > limits.disk_mb << 20 or count > limits.max_files:
                     killed = "disk"
@@ -360,8 +338,8 @@ class Sandbox:
             if now >= next_cpu_check:
                 next_cpu_check = now + 0.05
                 if runner_pid is None:
-                    runner_pid = _find_runner(proc.pid)
-                cpu = _cpu_seconds(runner_pid) if runner_pid else None
+                    runner_pid = find_runner(proc.pid)
+                cpu = cpu_seconds(runner_pid) if runner_pid else None
                 if events.starts != seen_starts:
                     seen_starts, ex_cpu0 = events.starts, cpu
             since = events.current_since
@@ -379,7 +357,7 @@ class Sandbox:
             if killed:
                 break
             time.sleep(0.01)
-        _kill_group(proc)
+        kill_group(proc)
         proc.wait()
         output.join(1.0)
         events.join(1.0)
@@ -391,316 +369,6 @@ class Sandbox:
 
 def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _usage(root: Path, max_entries: int) -> tuple[int, int]:
-    """Bytes and entries under ``root`` (symlinks not followed), counting at most ``max_entries + 1``."""
-    size, count, stack = 0, 0, [str(root)]
-    while stack and count <= max_entries:
-        try:
-            with os.scandir(stack.pop()) as entries:
-                for entry in entries:
-                    count += 1
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    else:
-                        size += entry.stat(follow_symlinks=False).st_size
-                    if count > max_entries:
-                        break
-        except OSError:
-            continue
-    return size, count
-
-
-def _tmpfs_usage(pid: int) -> tuple[int, int]:
-    """Bytes and inodes in use on the sandbox's tmpfs, seen through the runner's root."""
-    try:
-        st = os.statvfs(f"/proc/{pid}/root/sandbox")
-    except OSError:
-        return 0, 0
-    return (st.f_blocks - st.f_bfree) * st.f_frsize, max(st.f_files - st.f_ffree - 1, 0)
-
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read(4096)
-    except OSError:
-        return None
-    # The command name is in parentheses and may hold anything; the fields follow the last ')'.
-    return data[data.rfind(b")") + 2:].decode("ascii", "replace").split()
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of ``pid`` (all its threads), from ``/proc``; ``None`` if unreadable."""
-    fields = _stat_fields(pid)
-    if not fields or len(fields) < 13:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _find_runner(group: int) -> int | None:
-    """The runner inside bubblewrap: the process of the launch's process group that is not bwrap."""
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return None
-    for name in entries:
-        if not name.isdigit() or int(name) == group:
-            continue
-        fields = _stat_fields(int(name))
-        if fields and len(fields) > 2 and fields[2] == str(group):
-            try:
-                with open(f"/proc/{name}/comm", "rb") as f:
-                    if f.read(64).strip() != b"bwrap":
-                        return int(name)
-            except OSError:
-                continue
-    return None
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the run's process group; bwrap's PID namespace dies with its init."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class _CappedReader(threading.Thread):
-    """Drains a pipe, keeping the first ``KEEP`` bytes and counting the rest (never more in memory)."""
-
-    KEEP = 16_384
-
-    def __init__(self, stream: Any, limit: int) -> None:
-        super().__init__(daemon=True)
-        self.stream, self.limit = stream, limit
-        self.head = bytearray()
-        self.total = 0
-        self.start()
-
-    @property
-    def exceeded(self) -> bool:
-        return self.total > self.limit
-
-    def run(self) -> None:
-        fd = self.stream.fileno()
-        try:
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                self.total += len(chunk)
-                if len(self.head) < self.KEEP:
-                    self.head += chunk[: self.KEEP - len(self.head)]
-        except (OSError, ValueError):
-            pass
-        finally:
-            try:
-                self.stream.close()
-            except OSError:
-                pass
-
-    def text(self) -> str:
-        return self.head.decode("utf-8", "replace")
-
-
-class _EventReader(threading.Thread):
-    """Parses the runner's JSON lines from a file descriptor, in bounded memory.
-
-    Reads raw chunks (never ``for line in stream``, which buffers a line of any length):
-    at most ``MAX_LINE`` bytes are held for one line (longer ones are skipped), at most
-    ``MAX_BYTES`` are parsed in all and ``MAX_EVENTS`` kept; past that the pipe is still
-    drained (so the writer is not blocked) and :attr:`exceeded` tells the grader to stop
-    the run. Tracks which exercise and case are running.
-    """
-
-    MAX_BYTES = 4_000_000
-    MAX_LINE = 65_536
-    MAX_EVENTS = 20_000
-
-    def __init__(self, fd: int) -> None:
-        super().__init__(daemon=True)
-        self.fd = fd
-        self.events: list[dict[str, Any]] = []
-        self.exercise: str | None = None
-        self.case: int | None = None
-        self.current_since: float | None = None
-        self.starts = 0
-        self.total = 0
-        self.exceeded = False
-        self.start()
-
-    def run(self) -> None:
-        buf, skipping = bytearray(), False
-        try:
-            while True:
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    break
-                self.total += len(chunk)
-                if self.exceeded or self.total > self.MAX_BYTES:
-                    self.exceeded = True
-                    continue  # drain, keep nothing
-                buf += chunk
-                while True:
-                    end = buf.find(b"\n")
-                    if end < 0:
-                        break
-                    line = bytes(buf[:end])
-                    del buf[:end + 1]
-                    if skipping:
-                        skipping = False
-                    else:
-                        self._handle(line)
-                if len(buf) > self.MAX_LINE:
-                    buf.clear()
-                    skipping = True
-        except OSError:
-            pass
-        finally:
-            os.close(self.fd)
-
-    def _handle(self, line: bytes) -> None:
-        if len(self.events) >= self.MAX_EVENTS:
-            self.exceeded = True
-            return
-        try:
-            event = json.loads(line)
-        except (ValueError, RecursionError):
-            return
-        if not isinstance(event, dict):
-            return
-        self.events.append(event)
-        kind = event.get("ev")
-        if kind == "start":
-            self.exercise, self.case = str(event.get("ex"))[:100], None
-            self.current_since = time.monotonic()
-            self.starts += 1
-        elif kind == "case_start" and type(event.get("case")) is int:
-            self.case = event["case"]
-        elif kind == "end":
-            self.current_since = None
-
-
-# -- the student's interpreter environment ---------------------------------------------
-
-_INFO = ("import json, os, sys\n"
-         "v = sys.version_info\n"
-         "base = os.path.join(sys.base_exec_prefix, 'bin', 'python%d.%d' % (v[0], v[1]))\n"
-         "real = os.path.realpath(base if os.path.exists(base) else sys.executable)\n"
-         "print(json.dumps({'real': real, 'version': [v[0], v[1]], 'path': sys.path,\n"
-         "                  'prefixes': sorted({os.path.realpath(sys.base_prefix),\n"
-         "                                      os.path.realpath(sys.base_exec_prefix)})}))\n")
-
-
-def _run_as_kwargs(run_as: tuple[int, int] | None) -> dict[str, Any]:
-    return {} if run_as is None else {"user": run_as[0], "group": run_as[1], "extra_groups": []}
-
-
-def _interpreter_info(python: str, run_as: tuple[int, int] | None, isolated_site: bool) -> dict | None:
-    """What ``python`` reports about itself when started as ``run_as``; ``None`` if it cannot start."""
-    flags = ["-I"] if isolated_site else ["-I", "-S"]
-    try:
-        done = subprocess.run([python, *flags, "-c", _INFO], capture_output=True, timeout=30, cwd="/",
-                              env={**BASE_ENV}, **_run_as_kwargs(run_as))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    try:
-        return json.loads(done.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
-
-
-def _package_dirs(names: tuple[str, ...]) -> list[Path]:
-    """Directories of the packages ``names`` in the grader's environment, with their bundled libraries."""
-    import importlib.util
-
-    dirs: list[Path] = []
-    for name in names:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            raise ValueError(f"expected the package {name!r} in the grader's environment to offer it to "
-                             "student code, but it is not installed")
-        root = Path(next(iter(spec.submodule_search_locations))).resolve()
-        dirs.append(root)
-        libs = root.with_name(f"{name}.libs")
-        if libs.is_dir():
-            dirs.append(libs)
-    return dirs
-
-
-def _prefix_dirs(info: dict) -> list[Path]:
-    """What bubblewrap must mount for this interpreter: its prefixes outside ``/usr``, or its own dir."""
-    real = info["real"]
-    binds = [Path(p) for p in info["prefixes"] if not (p == "/usr" or p.startswith("/usr/"))]
-    if not any(real.startswith(str(p) + os.sep) for p in binds) and not real.startswith("/usr/"):
-        binds.append(Path(real).parent)
-    return binds
-
-
-def student_python(python: str | None = None, run_as: tuple[int, int] | None = None,
-                   packages: tuple[str, ...] = ("numpy",), for_bwrap: bool = False) -> StudentPython:
-    """Find the interpreter environment for student code.
-
-    ``python`` (or ``$BNCOURSE_STUDENT_PYTHON``): a dedicated environment, e.g. a venv made
-    with only NumPy; its ``site-packages`` entries are what students get (``ValueError`` if
-    ``bncourse`` is among them). Otherwise the grader's own base interpreter (real path)
-    with ``packages`` from the grader's environment; in process mode as root, where user
-    ``run_as`` cannot run that interpreter (e.g. pyenv under ``/root``), the system's
-    ``/usr/bin/pythonX.Y`` or ``/usr/local/bin/pythonX.Y`` of the same version.
-    """
-    python = python or os.environ.get(STUDENT_PYTHON_ENV) or None
-    probe_as = None if for_bwrap else run_as
-    if python:
-        info = _interpreter_info(python, probe_as, isolated_site=True)
-        if info is None:
-            who = f"uid {run_as[0]}" if probe_as else "the grader"
-            raise ValueError(f"expected a student Python that {who} can run, got {python!r}, which does not start")
-        site = [Path(p) for p in info["path"] if Path(p).name in ("site-packages", "dist-packages")]
-        found = sorted({entry for d in site if d.is_dir() for entry in d.iterdir()
-                        if entry.is_dir() and entry.name not in _NOT_PACKAGES
-                        and not entry.name.endswith((".dist-info", ".egg-info"))})
-        if any(entry.name == "bncourse" for entry in found):
-            raise ValueError(f"expected a student environment without bncourse, but {python} can import it; "
-                             "create a separate venv with only NumPy for students")
-        bare = _interpreter_info(info["real"], probe_as, isolated_site=False) or info
-        return StudentPython(info["real"], tuple(bare["path"]), tuple(p.resolve() for p in found),
-                             tuple(_prefix_dirs(info)), f"{python} ({STUDENT_PYTHON_ENV})")
-    dirs = tuple(_package_dirs(packages))
-    version = sys.version_info[:2]
-    base = Path(sys.base_exec_prefix) / "bin" / f"python{version[0]}.{version[1]}"
-    own = str(base.resolve() if base.exists() else Path(sys.executable).resolve())
-    candidates = [own] if for_bwrap else [own, *(f"{d}/python{version[0]}.{version[1]}"
-                                                  for d in ("/usr/bin", "/usr/local/bin"))]
-    tried = []
-    for candidate in dict.fromkeys(candidates):
-        info = _interpreter_info(candidate, probe_as, isolated_site=False)
-        if info is not None and info["version"] == list(version):
-            origin = "the grader's base interpreter" if candidate == own else f"{candidate} (same version)"
-            return StudentPython(info["real"], tuple(info["path"]), dirs, tuple(_prefix_dirs(info)), origin)
-        tried.append(candidate)
-    who = f"user {run_as[0]}" if probe_as else "the grader"
-    raise ValueError(
-        f"expected a Python {version[0]}.{version[1]} that {who} can run for student code (student code never "
-        f"runs as root), tried {', '.join(tried)}. Create a student environment readable by everyone, e.g. "
-        f"`python3 -m venv /opt/bncourse-student && /opt/bncourse-student/bin/pip install numpy`, and set "
-        f"{STUDENT_PYTHON_ENV}=/opt/bncourse-student/bin/python")
-
-
-def _site_dirs_to_hide(prefixes: list[Path]) -> list[Path]:
-    """Site-packages visible through a read-only bind (``/usr/...`` or a prefix): hidden behind a tmpfs."""
-    found = set()
-    for root in [Path("/usr"), *prefixes]:
-        for pattern in ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages",
-                        "local/lib/python3*/site-packages", "local/lib/python3*/dist-packages"):
-            found.update(p.resolve() for p in root.glob(pattern) if p.is_dir())
-    return sorted(found)
 
 
 # -- choosing a sandbox --------------------------------------------------------------
@@ -798,7 +466,7 @@ def detect_sandbox(mode: str = "auto", student: str | None = None,
             try:
                 env = student_python(student, run_as, packages, for_bwrap=True)
                 candidate = Sandbox("bwrap", env.python, list(env.packages), ro_binds=list(env.prefixes),
-                                    hide=_site_dirs_to_hide(list(env.prefixes)), run_as=run_as, nproc=nproc,
+                                    hide=site_dirs_to_hide(list(env.prefixes)), run_as=run_as, nproc=nproc,
                                     stdlib=list(env.stdlib), bwrap=bwrap)
                 reason, facts = _probe(candidate, secret)
             except ValueError as err:

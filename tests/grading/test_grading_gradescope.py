@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bncourse.grading.sandbox import _package_dirs, student_python
+from bncourse.grading.student_env import package_dirs, student_python
 
 from grading_helpers import PATHS, ROOT, answer_source, load, with_answer, write_nb
 
@@ -60,7 +60,7 @@ def _student_venv(tree: Path, run_as: tuple[int, int] | None) -> Path:
     venv = tree / "opt" / "bncourse-student"
     subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     site = next(venv.glob("lib/python3*/site-packages"))
-    for d in _package_dirs(("numpy",)):
+    for d in package_dirs(("numpy",)):
         (site / d.name).symlink_to(d, target_is_directory=True)
     for path in (tree / "opt", *venv.rglob("*")):
         if not path.is_symlink():
