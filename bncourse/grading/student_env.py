@@ -78,21 +78,53 @@ def _interpreter_info(python: str, run_as: tuple[int, int] | None, isolated_site
 
 
 def package_dirs(names: tuple[str, ...]) -> list[Path]:
-    """Directories of the packages ``names`` in the grader's environment, with their bundled libraries."""
+    """What student code needs to import ``names`` from the grader's environment: each distribution's
+    top-level packages and bundled libraries (``numpy``, ``numpy.libs``), and those of its required
+    (non-extra) dependencies, e.g. ``typing_extensions`` or ``sympy`` for ``torch``.
+    """
+    import importlib.metadata as metadata
     import importlib.util
+    import re
 
-    dirs: list[Path] = []
-    for name in names:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            raise ValueError(f"expected the package {name!r} in the grader's environment to offer it to "
-                             "student code, but it is not installed")
-        root = Path(next(iter(spec.submodule_search_locations))).resolve()
-        dirs.append(root)
-        libs = root.with_name(f"{name}.libs")
-        if libs.is_dir():
-            dirs.append(libs)
-    return dirs
+    found: dict[str, Path] = {}
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            dist = None
+        files = (dist.files or []) if dist is not None else []
+        tops = {f.parts[0] for f in files if f.parts}
+        tops = {t for t in tops if t not in ("..", "__pycache__", "bin") and t not in _NOT_PACKAGES
+                and not t.endswith((".dist-info", ".egg-info", ".pth", ".data"))}
+        for top in sorted(tops):
+            path = Path(dist.locate_file(top)).resolve()
+            if path.exists():
+                found[str(path)] = path
+        if not tops:  # no RECORD (e.g. a distribution's own package): find the import package itself
+            spec = importlib.util.find_spec(name) if name in names else None
+            if spec is None or not spec.submodule_search_locations:
+                if name in names:
+                    raise ValueError(f"expected the package {name!r} in the grader's environment to offer "
+                                     "it to student code, but it is not installed")
+                continue
+            root = Path(next(iter(spec.submodule_search_locations))).resolve()
+            for path in (root, root.with_name(f"{name}.libs")):
+                if path.exists():
+                    found[str(path)] = path
+        for requirement in (dist.requires or []) if dist is not None else []:
+            if ";" in requirement and "extra" in requirement.split(";", 1)[1]:
+                continue
+            match = re.match(r"[A-Za-z0-9._-]+", requirement)
+            if match:
+                todo.append(match.group(0))
+    return sorted(found.values())
 
 
 def _prefix_dirs(info: dict) -> list[Path]:

@@ -368,3 +368,27 @@ def test_seccomp_filter_denies_what_it_lists(fallback):
         pytest.skip(f"libseccomp is not installed here: {report['status']}")
     assert report["status"].startswith("installed"), report
     assert all(v is True for v in report["tried"].values()), report
+
+
+@pytest.mark.parametrize("mode", ["process", "bwrap"])
+def test_torch_is_offered_only_when_asked(mode, scratch):
+    """By default student code cannot import torch; a sandbox made with packages=("numpy", "torch") can."""
+    pytest.importorskip("torch")
+    code = "import torch\nassert float(torch.nn.BatchNorm1d(4)(torch.randn(8, 4)).mean().abs()) < 1e-5\n"
+    outcome = {}
+    for packages in (("numpy",), ("numpy", "torch")):
+        try:
+            sandbox = detect_sandbox(mode, packages=packages)
+        except ValueError as err:
+            pytest.skip(f"{mode} sandbox not usable here: {err}")
+        workdir = Path(tempfile.mkdtemp())
+        try:
+            sandbox.prepare(workdir)
+            result = sandbox.run(workdir, "cells", {"cells": [{"label": "torch", "code": code}]},
+                                 TEST_LIMITS.__class__(timeout=60.0, memory_mb=2048), per_exercise=False)
+        finally:
+            shutil.rmtree(workdir)
+        cell = [e for e in result.events if e.get("ev") == "cell"]
+        outcome[packages] = cell[0] if cell else {"ok": None, "msg": result.output[-300:]}
+    assert "No module named 'torch'" in outcome[("numpy",)].get("msg", ""), outcome
+    assert outcome[("numpy", "torch")]["ok"] is True, outcome
