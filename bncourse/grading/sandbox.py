@@ -2,10 +2,12 @@
 
 What holds in **both** modes (``"bwrap"`` and ``"process"``):
 
-- **Never root.** When the grader is root, student code runs as ``nobody``: in process
-  mode the child is started with that uid/gid and no supplementary groups; inside
-  bubblewrap (started by root without a user namespace, so no uid 0 is *mapped* in
-  either) the runner drops to ``nobody`` before anything else.
+- **Never root.** When the grader is root, each launch runs as a uid/gid of its own
+  (from systemd's dynamic range 61184-65519: no account, no files elsewhere), owning its
+  0700 working directory, so runs side by side cannot read or change each other's files:
+  in process mode the child is started with that uid/gid and no supplementary groups;
+  inside bubblewrap (started by root without a user namespace, so no uid 0 is *mapped*
+  in either) the runner drops to it before anything else.
 - **A separate interpreter environment** (:class:`StudentPython`): the base interpreter
   (its real path, never a venv launcher) started with ``-I -S -B``, so no ``site``,
   no ``.pth`` files, no environment variables, no user site; ``sys.path`` is its
@@ -48,6 +50,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +158,7 @@ class Sandbox:
     landlock: bool = True
     probe: dict[str, Any] | None = None
     bwrap: str = "bwrap"
+    tmpfs_size: bool = True  # bubblewrap >= 0.7 can size a tmpfs (Ubuntu 22.04 ships 0.6)
 
     @property
     def packages(self) -> list[Path]:
@@ -230,10 +234,11 @@ class Sandbox:
                "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
         if self.drops_inside:
             # Root without a user namespace: only the right to change uid survives into the
-            # sandbox, and the runner uses it to become nobody before anything else.
+            # sandbox, and the runner uses it to drop to its uid before anything else.
             cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         else:
-            cmd += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL",
+            # (No --disable-userns, which needs bubblewrap 0.8: seccomp already denies unshare/setns.)
+            cmd += ["--unshare-user", "--cap-drop", "ALL",
                     "--uid", str(NOBODY), "--gid", str(NOBODY)]
         cmd += ["--ro-bind", "/usr", "/usr"]
         for name in ("bin", "lib", "lib64", "lib32", "sbin"):
@@ -260,8 +265,8 @@ class Sandbox:
         # Twice the limit: the grader's poll (which reads this tmpfs's usage) normally stops a run
         # first; the tmpfs size is the hard bound in between polls.
         limit = 2 * (disk_bytes or Limits().disk_mb << 20)
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
-                "--size", str(limit), "--perms", "0777", "--tmpfs", "/sandbox"]
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
+        cmd += (["--size", str(limit)] if self.tmpfs_size else []) + ["--perms", "0777", "--tmpfs", "/sandbox"]
         for entry in sorted(workdir.iterdir()):
             if entry.name == "out":
                 cmd += ["--bind", str(entry), "/sandbox/out"]
@@ -283,6 +288,28 @@ class Sandbox:
         that in wall-clock time, for code that sleeps); the whole run is bounded by
         ``RLIMIT_CPU`` and by ``wall_factor`` times its CPU budget in wall-clock time.
         """
+        identity = self._take_identity(workdir)
+        try:
+            return self._launch(workdir, mode, plan, limits, exercises, per_exercise, identity)
+        finally:
+            if identity is not None and identity != self.run_as:
+                _release_uid(identity[0])
+
+    def _take_identity(self, workdir: Path) -> tuple[int, int] | None:
+        """When root: a uid/gid of its own for this launch (so runs side by side cannot touch each
+        other's files, even without Landlock), owning the whole working directory."""
+        if self.run_as is None or self.kind == "local":
+            return None
+        uid = _take_uid()
+        identity = (uid, uid) if uid is not None else self.run_as
+        for root, dirs, files in os.walk(workdir):
+            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                os.lchown(name, *identity)
+        os.chmod(workdir, 0o700)  # its own uid only (and the grader, root)
+        return identity
+
+    def _launch(self, workdir: Path, mode: str, plan: dict[str, Any], limits: Limits, exercises: int,
+                per_exercise: bool, identity: tuple[int, int] | None) -> LaunchResult:
         plan = dict(plan)
         if self.kind != "local":
             plan["limits"] = limits.rlimits(exercises, self.nproc)
@@ -292,17 +319,17 @@ class Sandbox:
             if self.landlock:
                 plan["landlock"] = self.landlock_rules(workdir)
             if self.drops_inside:
-                plan["drop_to"] = list(self.run_as)
+                plan["drop_to"] = list(identity)
         plan_path = workdir / "plan.json"
         plan_path.write_text(json.dumps(plan), encoding="utf-8")
-        if self.run_as is not None:
-            os.lchown(plan_path, *self.run_as)
+        if identity is not None:
+            os.lchown(plan_path, *identity)
         r_events, w_events = os.pipe()
         env = ({**os.environ, "MPLBACKEND": "Agg"} if self.kind == "local"
                else {**BASE_ENV, "HOME": str(self.inside(workdir))})
         kwargs: dict[str, Any] = {}
-        if self.run_as is not None and self.kind == "process":
-            kwargs.update(user=self.run_as[0], group=self.run_as[1], extra_groups=[], umask=0o077)
+        if identity is not None and self.kind == "process":
+            kwargs.update(user=identity[0], group=identity[1], extra_groups=[], umask=0o077)
         args = [mode, str(self.inside(workdir) / "plan.json"), str(w_events)]
         started = time.monotonic()
         try:
@@ -367,6 +394,43 @@ class Sandbox:
             exercise=events.exercise, case=events.case, cpu_seconds=cpu, events_bytes=events.total)
 
 
+# systemd's range for dynamic users: uids with no passwd entry that own no files elsewhere.
+_DYNAMIC_UIDS = range(61184, 65520)
+_uid_lock = threading.Lock()
+_uids_taken: set[int] = set()
+
+
+def _take_uid() -> int | None:
+    """A uid of the dynamic range that no account has, no process runs as, and no other launch holds."""
+    import pwd
+
+    busy = set()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                busy.add(os.stat(f"/proc/{entry}").st_uid)
+            except OSError:
+                pass
+    with _uid_lock:
+        start = (os.getpid() * 7919) % len(_DYNAMIC_UIDS)  # separate grader processes start apart
+        for k in range(len(_DYNAMIC_UIDS)):
+            uid = _DYNAMIC_UIDS[(start + k) % len(_DYNAMIC_UIDS)]
+            if uid in busy or uid in _uids_taken:
+                continue
+            try:
+                pwd.getpwuid(uid)
+                continue
+            except KeyError:
+                _uids_taken.add(uid)
+                return uid
+    return None
+
+
+def _release_uid(uid: int) -> None:
+    with _uid_lock:
+        _uids_taken.discard(uid)
+
+
 def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -428,6 +492,15 @@ def _count_processes(uid: int) -> int:
     return count
 
 
+def _bwrap_version(bwrap: str) -> tuple[int, ...]:
+    """``bwrap --version`` as a tuple, ``(0,)`` if it does not say."""
+    try:
+        text = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout
+        return tuple(int(part) for part in text.split()[-1].split("."))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return (0,)
+
+
 def _nobody() -> tuple[int, int]:
     try:
         import pwd
@@ -467,7 +540,7 @@ def detect_sandbox(mode: str = "auto", student: str | None = None,
                 env = student_python(student, run_as, packages, for_bwrap=True)
                 candidate = Sandbox("bwrap", env.python, list(env.packages), ro_binds=list(env.prefixes),
                                     hide=site_dirs_to_hide(list(env.prefixes)), run_as=run_as, nproc=nproc,
-                                    stdlib=list(env.stdlib), bwrap=bwrap)
+                                    stdlib=list(env.stdlib), bwrap=bwrap, tmpfs_size=_bwrap_version(bwrap) >= (0, 7))
                 reason, facts = _probe(candidate, secret)
             except ValueError as err:
                 reason, facts = str(err), {}
@@ -496,7 +569,8 @@ def _notes(sandbox: Sandbox, facts: dict, env: StudentPython) -> list[str]:
     """What this sandbox does and does not protect, for the instructor."""
     ready = facts.get("ready", {})
     landlock, seccomp = str(ready.get("landlock", "not reported")), str(ready.get("seccomp", "not reported"))
-    who = "nobody" if sandbox.run_as else f"uid {ready.get('uid')}"
+    who = ("a uid of its own per launch (no account, from 61184-65519)" if sandbox.run_as
+           else f"uid {ready.get('uid')}")
     notes = []
     if sandbox.kind == "process":
         notes.append(
@@ -505,7 +579,7 @@ def _notes(sandbox: Sandbox, facts: dict, env: StudentPython) -> list[str]:
             f"seccomp: {seccomp}.")
         gaps = ["no PID/network namespace (other processes are visible in /proc)"]
         if not landlock.startswith("installed"):
-            gaps.append(f"reading any file {who} can read and writing where {who} can write "
+            gaps.append("reading any file that others may read and writing where others may write "
                         "(e.g. /tmp, /dev/shm) -- Landlock is what stops that")
         elif not landlock.startswith("installed (ABI") or int(landlock.split("ABI ")[1].rstrip(")")) < 6:
             gaps.append("signals and abstract sockets are stopped by seccomp only (Landlock ABI < 6)")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bncourse.grading.grader import Grader, Submission
+from bncourse.grading.grader import Grader, Submission, collect_submissions, grade_batch
 from bncourse.grading.sandbox import detect_sandbox, student_python
 
 from grading_helpers import (PATHS, ROOT, TEST_LIMITS, all_outputs, answer_source, exercise_scores,
@@ -222,7 +222,7 @@ NON_ROOT_GRADER = """
 import json, sys
 sys.path[:0] = {paths!r}
 from pathlib import Path
-from bncourse.grading.grader import Grader, Submission
+from bncourse.grading.grader import Grader, Submission, collect_submissions, grade_batch
 from bncourse.grading.sandbox import detect_sandbox, Limits
 sandbox = detect_sandbox("process")
 grader = Grader(Path({hidden!r}), Path({templates!r}), sandbox, Limits(timeout=4.0))
@@ -392,3 +392,36 @@ def test_torch_is_offered_only_when_asked(mode, scratch):
         outcome[packages] = cell[0] if cell else {"ok": None, "msg": result.output[-300:]}
     assert "No module named 'torch'" in outcome[("numpy",)].get("msg", ""), outcome
     assert outcome[("numpy", "torch")]["ok"] is True, outcome
+
+
+def test_runs_side_by_side_cannot_touch_each_other(scratch, tmp_path, monkeypatch):
+    """Two students graded at once as root, Landlock off: each launch has its own uid, so neither
+    can read or change the other's working directory (plan, inputs, outputs)."""
+    if not IS_ROOT:
+        pytest.skip("separate uids per launch need a root grader")
+    try:
+        sandbox = detect_sandbox("process")
+    except ValueError as err:
+        pytest.skip(f"process sandbox not usable here: {err}")
+    sandbox.landlock = False  # what is left where the kernel has no Landlock
+    os.chmod(scratch, 0o755)  # listable, like /tmp
+    grader = Grader(PATHS["hidden"], PATHS["templates"], sandbox, TEST_LIMITS)
+    victim = "import time\ntime.sleep(3)\n" + answer_source("ex01")
+    spy = ("import glob, os, time\nseen = []\nend = time.time() + 3\n"
+           "while time.time() < end and not seen:\n"
+           f"    for plan in glob.glob({str(scratch)!r} + '/bncourse-grade-*/plan.json'):\n"
+           "        if os.path.dirname(plan) != os.getcwd():\n"
+           "            try:\n                open(plan).read(); seen.append('read')\n"
+           "            except OSError:\n                pass\n"
+           "            try:\n                open(os.path.join(os.path.dirname(plan), 'out', 'x'), 'w').write('x')\n"
+           "                seen.append('wrote')\n            except OSError:\n                pass\n"
+           "    time.sleep(0.05)\n"
+           "raise RuntimeError(f'SPY:{seen}')\n")
+    subs = [write_nb(tmp_path / f"{name}.ipynb", with_answer("ex01", body))
+            for name, body in (("victim", victim), ("spy", spy))]
+    out = tmp_path / "out"
+    grade_batch(grader, collect_submissions(subs), out, jobs=2, progress=None)
+    victim_results = json.loads((out / "victim" / "results.json").read_text())
+    spy_results = json.loads((out / "spy" / "results.json").read_text())
+    assert victim_results["score"] == 10.0
+    assert "SPY:[]" in all_outputs(spy_results), all_outputs(spy_results)[:1000]
