@@ -389,7 +389,7 @@ class Sandbox:
         output.join(1.0)
         events.join(1.0)
         return LaunchResult(
-            events=events.events, output=output.text(), output_bytes=output.total + events.total,
+            events=events.events, output=output.text(), output_bytes=output.total,
             returncode=proc.returncode, killed=killed, seconds=time.monotonic() - started,
             exercise=events.exercise, case=events.case, cpu_seconds=cpu, events_bytes=events.total)
 

@@ -23,7 +23,7 @@ import pytest
 from bncourse.grading.grader import Grader, Submission, collect_submissions, grade_batch
 from bncourse.grading.sandbox import detect_sandbox, student_python
 
-from grading_helpers import (PATHS, ROOT, TEST_LIMITS, all_outputs, answer_source, exercise_scores,
+from grading_helpers import (PATHS, ROOT, TEST_LIMITS, all_outputs, answer_source,
                              full_directory, load, with_answer, write_nb)
 
 SIG = "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n"
