@@ -334,8 +334,8 @@ class Sandbox:
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
-                self.command(workdir, args, limits.disk_mb << 20), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, pass_fds=(w_events,), cwd=workdir, env=env,
+                self.command(workdir, args, limits.disk_mb << 20), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(w_events,), cwd=workdir, env=env,
                 start_new_session=True, **kwargs)
         except BaseException:
             os.close(r_events)
@@ -367,8 +367,8 @@ class Sandbox:
                 if runner_pid is None:
                     runner_pid = find_runner(proc.pid)
                 cpu = cpu_seconds(runner_pid) if runner_pid else None
-                if events.starts != seen_starts:
-                    seen_starts, ex_cpu0 = events.starts, cpu
+                if events.starts != seen_starts or (ex_cpu0 is None and cpu is not None):
+                    seen_starts, ex_cpu0 = events.starts, cpu  # CPU time when this exercise began
             since = events.current_since
             if per_exercise and since is not None:
                 if cpu is not None and ex_cpu0 is not None and events.starts == seen_starts:

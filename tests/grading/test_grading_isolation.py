@@ -283,7 +283,8 @@ box = sb.Sandbox("bwrap", env.python, [], ro_binds=list(env.prefixes), hide=sb.s
 with tempfile.TemporaryDirectory() as tmp:
     os.chmod(tmp, 0o711)
     box.prepare(Path(tmp))
-    code = "import os, sys\\nraise RuntimeError('RAN:%d.%d:%d' % (sys.version_info[0], sys.version_info[1], os.getuid()))"
+    code = ("import os, sys\\n"
+            "raise RuntimeError('RAN:%d.%d:%d' % (sys.version_info[0], sys.version_info[1], os.getuid()))")
     result = box.run(Path(tmp), "cells", {{"cells": [{{"label": "v", "code": code}}]}}, sb.Limits(timeout=20))
     if run_as:
         for root, dirs, files in os.walk(tmp):
@@ -425,3 +426,12 @@ def test_runs_side_by_side_cannot_touch_each_other(scratch, tmp_path, monkeypatc
     spy_results = json.loads((out / "spy" / "results.json").read_text())
     assert victim_results["score"] == 10.0
     assert "SPY:[]" in all_outputs(spy_results), all_outputs(spy_results)[:1000]
+
+
+def test_time_limit_counts_cpu_not_waiting(mode_grader, tmp_path):
+    """5 s of waiting in an exercise limited to 4 s: CPU time is the limit, so a correct answer on a
+    busy or shared core keeps its marks; burning CPU still times out (test_no_process_outlives_a_timeout)."""
+    assert mode_grader.limits.timeout == 4.0
+    body = "import time\ntime.sleep(5)\n" + answer_source("ex01")
+    results = _grade(mode_grader, tmp_path, "waits", body)
+    assert results["score"] == 10.0, results["output"]
