@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -435,3 +436,43 @@ def test_time_limit_counts_cpu_not_waiting(mode_grader, tmp_path):
     body = "import time\ntime.sleep(5)\n" + answer_source("ex01")
     results = _grade(mode_grader, tmp_path, "waits", body)
     assert results["score"] == 10.0, results["output"]
+
+
+KILLED_GRADER = """
+import sys
+sys.path[:0] = {paths!r}
+import tempfile
+tempfile.tempdir = {scratch!r}
+from pathlib import Path
+from bncourse.grading.grader import Grader, Submission
+from bncourse.grading.sandbox import detect_sandbox, Limits
+grader = Grader(Path({hidden!r}), Path({templates!r}), detect_sandbox("process"), Limits(timeout=60.0))
+print("grading", flush=True)
+grader.grade(Submission("sleeper", Path({sub!r})))
+"""
+
+
+def test_no_run_outlives_a_killed_grader(scratch, tmp_path):
+    """The grader killed with SIGKILL mid-run (no cleanup code runs): its sandboxed process dies too."""
+    sub = write_nb(tmp_path / "sleeper.ipynb", with_answer("ex01", "import time\ntime.sleep(60)\n"))
+    script = KILLED_GRADER.format(paths=[str(ROOT)], scratch=str(scratch), hidden=str(PATHS["hidden"]),
+                                  templates=str(PATHS["templates"]), sub=str(sub))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def grading() -> list[bytes]:  # the sandboxed grading run (not the sandbox's start-up probe)
+            return [c for c in _leftovers(str(scratch))[0] if b"bncourse-grade-" in c]
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not grading():
+            time.sleep(0.1)
+        assert grading(), proc.stderr.read1(4000) if proc.poll() is not None else "no run started"
+        time.sleep(1.0)  # well into its sleep
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _leftovers(str(scratch))[0]:
+        time.sleep(0.1)
+    assert _leftovers(str(scratch))[0] == []
+    for leftover in scratch.iterdir():  # a killed grader cannot clean up its work directory
+        shutil.rmtree(leftover)
