@@ -536,7 +536,7 @@ def main():
     if plan.get("drop_to"):
         ready["drop"] = drop_privileges(*plan["drop_to"])
     ready["uid"] = os.getuid() if hasattr(os, "getuid") else None
-    if plan.get("limits") and sys.platform.startswith("linux"):
+    if plan.get("die_with_parent") and sys.platform.startswith("linux"):  # bubblewrap has its own
         ready["die_with_parent"] = die_with_parent()
     if plan.get("limits"):
         ready["limits"] = apply_limits(plan["limits"])

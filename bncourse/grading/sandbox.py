@@ -320,6 +320,7 @@ class Sandbox:
                 plan["landlock"] = self.landlock_rules(workdir)
             if self.drops_inside:
                 plan["drop_to"] = list(identity)
+            plan["die_with_parent"] = self.kind == "process"  # bubblewrap: --die-with-parent
         plan_path = workdir / "plan.json"
         plan_path.write_text(json.dumps(plan), encoding="utf-8")
         if identity is not None:

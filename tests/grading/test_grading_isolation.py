@@ -476,3 +476,17 @@ def test_no_run_outlives_a_killed_grader(scratch, tmp_path):
     assert _leftovers(str(scratch))[0] == []
     for leftover in scratch.iterdir():  # a killed grader cannot clean up its work directory
         shutil.rmtree(leftover)
+
+
+def test_bwrap_is_chosen_wherever_bwrap_itself_works():
+    """A regression in the bubblewrap set-up must fail here, not turn the bwrap tests into skips."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bwrap is not installed")
+    plain = subprocess.run([bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"],
+                           capture_output=True, timeout=30)
+    if plain.returncode != 0:
+        pytest.skip(f"bwrap cannot create namespaces here: {plain.stderr[-200:]!r}")
+    sandbox = detect_sandbox("auto")
+    assert sandbox.kind == "bwrap", sandbox.warnings
+    assert sandbox.probe["ready"]["uid"] != 0 and sandbox.probe["ready"]["seccomp"].startswith("installed")
