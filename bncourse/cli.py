@@ -114,7 +114,8 @@ def _cmd_autograder_zip(args: argparse.Namespace) -> int:
     try:
         path = build_autograder_zip(Path(args.out), exercises=exercises,
                                     hidden=Path(args.hidden) if args.hidden else paths["hidden"],
-                                    templates=Path(args.templates) if args.templates else paths["templates"])
+                                    templates=Path(args.templates) if args.templates else paths["templates"],
+                                    timeout=args.timeout, memory_mb=args.memory_mb)
     except ValueError as err:
         print(f"bncourse autograder-zip: {err}", file=sys.stderr)
         return 2
@@ -163,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("autograder-zip", help="build a Gradescope autograder bundle")
     p.add_argument("--out", default="autograder.zip", help="zip file to write (default autograder.zip)")
-    p.add_argument("--exercises", help="comma-separated exercise ids the Gradescope assignment grades "
-                   "(default: what each submitted notebook is)")
+    p.add_argument("--exercises", help="comma-separated exercise ids the Gradescope assignment grades, e.g. "
+                   "ex01,ex03 (default: the exercises present in each submission)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="CPU seconds per exercise (default 10; the wall clock is only a generous backstop)")
+    p.add_argument("--memory-mb", type=int, default=512,
+                   help="memory limit of the student process in MB (default 512; Gradescope's container has 768)")
     p.add_argument("--hidden", help="directory of the hidden cases (default: tests/hidden)")
     p.add_argument("--templates", help="directory of the released notebooks (default: book/exercises)")
     p.set_defaults(func=_cmd_autograder_zip)

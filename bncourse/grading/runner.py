@@ -4,10 +4,15 @@ The grader copies this file into a fresh directory and runs it as
 ``python -I -S runner.py MODE plan.json EVENTS_FD`` in a sandbox (see ``sandbox.py``). It
 must not import ``bncourse``: the package is not importable in the sandbox.
 
-Before any student code runs it lowers its own resource limits (CPU time,
-address space, file size, processes, core dumps) and, on Linux x86-64 and
-arm64, installs a seccomp filter that forbids starting processes, signalling
-any process but itself, tracing and reading other processes' memory.
+Before any student code runs it (1) drops root if it was started as root inside
+bubblewrap, (2) lowers its own resource limits (CPU time, address space, file size,
+open files, processes, core dumps), (3) restricts the file system with Landlock where
+the kernel has it (read only the interpreter's standard library and the allowed
+packages, write only its working directory), and (4) installs a seccomp filter,
+through libseccomp when it is installed (else a hand-written BPF for x86-64 and arm64),
+that forbids new processes, signals to other processes, sockets, tracing, unlinking
+and renaming files, and kernel interfaces such as io_uring, bpf and keyctl. It
+reports what it managed in its first event; the grader tells the instructor.
 
 Modes:
 
@@ -32,6 +37,7 @@ import traceback
 EVENTS_FD = 3
 STARTED = time.perf_counter()
 MEMORY_MB = 0
+DISK_MB = 0
 MAX_MESSAGE = 600
 
 
@@ -84,7 +90,7 @@ def _bpf_program(arch_id, mypid, table):
     ins(LD_W_ABS, 0)  # seccomp_data.nr
     if table.get("x32"):
         ins(JGE, 0x40000000, "eperm", 0)
-    for name in ("fork", "vfork", "tkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "ptrace",
+    for name in ("fork", "vfork", "socket", "socketpair", "tkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "ptrace",
                  "process_vm_readv", "process_vm_writev", "pidfd_send_signal", "pidfd_open",
                  "pidfd_getfd", "unshare", "setns", "mount", "kexec_load", "bpf"):
         if name in table:
@@ -120,18 +126,105 @@ _SYSCALLS = {
     "x86_64": (0xC000003E, dict(
         x32=True, fork=57, vfork=58, clone=56, clone3=435, kill=62, tkill=200, tgkill=234,
         rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, ptrace=101, process_vm_readv=310,
-        process_vm_writev=311, pidfd_send_signal=424, pidfd_open=434, pidfd_getfd=438,
+        process_vm_writev=311, socket=41, socketpair=53, pidfd_send_signal=424, pidfd_open=434, pidfd_getfd=438,
         unshare=272, setns=308, mount=165, kexec_load=246, bpf=321)),
     "aarch64": (0xC00000B7, dict(
         clone=220, clone3=435, kill=129, tkill=130, tgkill=131, rt_sigqueueinfo=138,
-        rt_tgsigqueueinfo=240, ptrace=117, process_vm_readv=270, process_vm_writev=271,
+        rt_tgsigqueueinfo=240, ptrace=117, process_vm_readv=270, process_vm_writev=271, socket=198, socketpair=199,
         pidfd_send_signal=424, pidfd_open=434, pidfd_getfd=438, unshare=97, setns=268,
         mount=40, kexec_load=104, bpf=280)),
 }
 
 
+def _seccomp_rules(mypid):
+    """The deny rules, by name: ``(errno, syscall, [(arg, op, a, b), ...])``; ``op`` as libseccomp's enum.
+
+    Everything not listed is allowed: the filter takes away what a numerical answer never
+    needs (processes, signals to others, sockets, kernel interfaces with a record of
+    escapes) and what could hide disk use from the grader (unlinking, renaming over a
+    file, anonymous and ``O_TMPFILE`` files) or plant links for it to follow.
+    """
+    NE, MASKED_EQ = 1, 7
+    EPERM, ENOSYS = 1, 38
+    rules = [(EPERM, name, []) for name in (
+        "fork", "vfork", "execve", "execveat", "tkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
+        "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open", "pidfd_send_signal",
+        "pidfd_getfd", "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "move_mount",
+        "open_tree", "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr",
+        "kexec_load", "kexec_file_load", "bpf", "perf_event_open", "keyctl", "add_key", "request_key",
+        "io_uring_setup", "io_uring_enter", "io_uring_register", "userfaultfd", "init_module",
+        "finit_module", "delete_module", "reboot", "swapon", "swapoff", "acct", "quotactl",
+        "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname", "setdomainname",
+        "personality", "syslog", "vhangup", "lookup_dcookie", "name_to_handle_at", "open_by_handle_at",
+        "socket", "socketpair", "memfd_create", "memfd_secret", "mknod", "mknodat",
+        "unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2",
+        "link", "linkat", "symlink", "symlinkat")]
+    rules.append((ENOSYS, "clone3", []))  # glibc then falls back to clone, whose flags we can see
+    rules.append((ENOSYS, "openat2", []))  # its flags sit in a struct the filter cannot read
+    rules.append((EPERM, "clone", [(0, MASKED_EQ, 0x00010000, 0)]))  # without CLONE_THREAD: a process
+    for name in ("kill", "tgkill"):
+        rules.append((EPERM, name, [(0, NE, mypid, 0)]))
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile:
+        rules.append((EPERM, "open", [(1, MASKED_EQ, tmpfile, tmpfile)]))
+        rules.append((EPERM, "openat", [(2, MASKED_EQ, tmpfile, tmpfile)]))
+    return rules
+
+
+def install_libseccomp(mypid):
+    """The filter of :func:`_seccomp_rules`, compiled by libseccomp for this machine's architecture."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError:
+        return None
+
+    class ArgCmp(ctypes.Structure):
+        _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                    ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.restype = ctypes.c_int
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                           ctypes.POINTER(ArgCmp)]
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_load.restype = ctypes.c_int
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    ALLOW, KILL_PROCESS = 0x7FFF0000, 0x80000000
+    ctx = lib.seccomp_init(ALLOW)
+    if not ctx:
+        return "libseccomp: seccomp_init failed"
+    try:
+        lib.seccomp_attr_set(ctx, 1, KILL_PROCESS)  # SCMP_FLTATR_ACT_BADARCH: other ABIs (x32, i386)
+        for errno, name, args in _seccomp_rules(mypid):
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0:
+                continue  # not a system call on this architecture
+            array = (ArgCmp * max(len(args), 1))(*[ArgCmp(*a) for a in args])
+            rc = lib.seccomp_rule_add_array(ctx, 0x00050000 | errno, nr, len(args), array)
+            if rc < 0:
+                return "libseccomp: rule for %s failed (%d)" % (name, rc)
+        rc = lib.seccomp_load(ctx)  # also sets no_new_privs
+        return "installed (libseccomp)" if rc == 0 else "libseccomp: seccomp_load failed (%d)" % rc
+    finally:
+        lib.seccomp_release(ctx)
+
+
 def install_seccomp():
-    """Forbid new processes and signals to other processes. Returns ``"installed"`` or why not."""
+    """Install the filter: through libseccomp, else the hand-written BPF. Returns what was done."""
+    status = install_libseccomp(os.getpid())
+    if status is not None:
+        return status
+    return install_bpf()
+
+
+def install_bpf():
+    """Fallback without libseccomp: processes, signals and sockets only, on x86-64 and arm64."""
     import ctypes
     import platform
 
@@ -153,7 +246,105 @@ def install_seccomp():
         return "prctl(PR_SET_NO_NEW_PRIVS) failed: errno %d" % ctypes.get_errno()
     if libc.prctl(22, ulong(2), ctypes.byref(prog), ulong(0), ulong(0)) != 0:  # SECCOMP_MODE_FILTER
         return "prctl(PR_SET_SECCOMP) failed: errno %d" % ctypes.get_errno()
-    return "installed"
+    return "installed (fallback BPF without libseccomp: no socket families, unlink or io_uring rules)"
+
+
+# Landlock (Linux >= 5.13): file-system rules any process may put on itself.
+_LL_FS = {"x": 1 << 0, "w": 1 << 1, "r": 1 << 2, "d": 1 << 3, "md": 1 << 7, "mr": 1 << 8, "t": 1 << 14}
+_LL_FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
+
+
+def install_landlock(rules):
+    """Allow only ``rules`` (``[path, "rxd"]``: read, execute, list; ``"w"``: create and write files).
+
+    Every other file-system access is denied to this process and all it starts, root or
+    not; on ABI >= 4 so is every TCP bind/connect, on ABI >= 6 signals outside the process.
+    Returns ``"installed (ABI n)"`` or why not.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    long_, u32 = ctypes.c_long, ctypes.c_uint32
+    abi = libc.syscall(long_(444), None, ctypes.c_size_t(0), u32(1))  # LANDLOCK_CREATE_RULESET_VERSION
+    if abi < 1:
+        return "not available (errno %d: kernel without Landlock, or blocked)" % ctypes.get_errno()
+    handled = (1 << 13) - 1
+    handled |= (1 << 13) if abi >= 2 else 0  # REFER
+    handled |= (1 << 14) if abi >= 3 else 0  # TRUNCATE
+    handled |= (1 << 15) if abi >= 5 else 0  # IOCTL_DEV
+
+    class Attr(ctypes.Structure):
+        _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed", ctypes.c_uint64), ("fd", ctypes.c_int32)]
+
+    attr = Attr(handled, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24
+    ruleset = libc.syscall(long_(444), ctypes.byref(attr), ctypes.c_size_t(size), u32(0))
+    if ruleset < 0:
+        return "landlock_create_ruleset failed: errno %d" % ctypes.get_errno()
+    try:
+        for path, modes in rules:
+            allowed = 0
+            for mode in modes:
+                allowed |= _LL_FS["x"] | _LL_FS["r"] if mode == "r" else 0
+                allowed |= _LL_FS["d"] if mode == "d" else 0
+                if mode == "w":
+                    allowed |= _LL_FS["w"] | _LL_FS["r"] | _LL_FS["d"] | _LL_FS["md"] | _LL_FS["mr"]
+                    allowed |= _LL_FS["t"] if abi >= 3 else 0
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if not os.path.isdir(path):
+                    allowed &= _LL_FILE_RIGHTS
+                rule = PathBeneath(allowed & handled, fd)
+                if libc.syscall(long_(445), ctypes.c_int(ruleset), ctypes.c_int(1), ctypes.byref(rule), u32(0)):
+                    return "landlock_add_rule(%s) failed: errno %d" % (path, ctypes.get_errno())
+            finally:
+                os.close(fd)
+        if libc.prctl(38, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+            return "prctl(PR_SET_NO_NEW_PRIVS) failed: errno %d" % ctypes.get_errno()
+        if libc.syscall(long_(446), ctypes.c_int(ruleset), u32(0)):
+            return "landlock_restrict_self failed: errno %d" % ctypes.get_errno()
+    finally:
+        os.close(ruleset)
+    return "installed (ABI %d)" % abi
+
+
+def die_with_parent():
+    """SIGKILL this process when the grader dies (even by SIGKILL): no run outlives its grader.
+
+    Set after any change of uid, which clears it; if the grader is already gone, stop now.
+    """
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = libc.prctl(1, ctypes.c_ulong(9), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                        ctypes.c_ulong(0)) == 0  # PR_SET_PDEATHSIG, SIGKILL (9 on Linux)
+    except (OSError, AttributeError):
+        ok = False
+    if parent == 1:
+        os._exit(1)
+    return "set" if ok else "not available"
+
+
+def drop_privileges(uid, gid):
+    """Inside bubblewrap started by root: become ``uid``/``gid`` (all capabilities go with uid 0)."""
+    if os.getuid() != 0:
+        return "not root (uid %d)" % os.getuid()
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() == 0 or os.geteuid() == 0:
+        raise SystemExit("could not drop root")
+    return "uid %d" % uid
 
 
 # -- running code ------------------------------------------------------------------
@@ -176,6 +367,8 @@ def describe_exception(exc, sources):
         head = "SystemExit: your code called sys.exit()/exit() (code %r)" % (exc.code,)
     elif isinstance(exc, MemoryError) and MEMORY_MB:
         head = "MemoryError: out of memory (the grader allows %d MB)" % MEMORY_MB
+    elif isinstance(exc, OSError) and exc.errno == 28 and DISK_MB:
+        head = "OSError: no space left: your code wrote more than the %d MB allowed" % DISK_MB
     else:
         head = "%s: %s" % (name, exc) if str(exc) else name
     where = None
@@ -331,20 +524,33 @@ def run_cells(plan):
 
 
 def main():
-    global EVENTS_FD, MEMORY_MB
+    global EVENTS_FD, MEMORY_MB, DISK_MB
     mode, plan_path = sys.argv[1], sys.argv[2]
     if len(sys.argv) > 3:
         EVENTS_FD = int(sys.argv[3])
     with open(plan_path, encoding="utf-8") as f:
         plan = json.load(f)
-    ready = {"ev": "ready", "uid": os.getuid() if hasattr(os, "getuid") else None}
+    ready = {"ev": "ready"}
+    # Order matters: drop root first, then limits, then Landlock (it needs no_new_privs and
+    # must come before the seccomp filter loads), then seccomp; only then any student code.
+    if plan.get("drop_to"):
+        ready["drop"] = drop_privileges(*plan["drop_to"])
+    ready["uid"] = os.getuid() if hasattr(os, "getuid") else None
+    if plan.get("die_with_parent") and sys.platform.startswith("linux"):  # bubblewrap has its own
+        ready["die_with_parent"] = die_with_parent()
     if plan.get("limits"):
         ready["limits"] = apply_limits(plan["limits"])
         MEMORY_MB = plan["limits"].get("RLIMIT_AS", [0])[0] >> 20
+        DISK_MB = int(plan.get("disk_mb", 0))
+    if plan.get("landlock") is not None:
+        try:
+            ready["landlock"] = install_landlock(plan["landlock"])
+        except Exception as exc:  # report, never crash: the grader says what is not protected
+            ready["landlock"] = "failed: %s" % exc
     if plan.get("seccomp"):
         try:
             ready["seccomp"] = install_seccomp()
-        except Exception as exc:  # report, never crash: the grader says what is not protected
+        except Exception as exc:
             ready["seccomp"] = "failed: %s" % exc
     for path in plan.get("sys_path", []):
         sys.path.append(path)

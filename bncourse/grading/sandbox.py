@@ -1,27 +1,44 @@
-"""Running untrusted code: bubblewrap when it works, a limited plain process otherwise.
+"""Running untrusted code: one isolation design, with bubblewrap where it works and without.
 
-Protection layers, outermost first:
+What holds in **both** modes (``"bwrap"`` and ``"process"``):
 
-1. **bubblewrap** (``bwrap``, Linux): a new mount, PID, network, IPC, UTS and
-   user namespace. The sandbox sees a read-only ``/usr`` (with any
-   ``site-packages`` under it hidden), the interpreter's prefix, NumPy alone at
-   ``/pylib``, and its own working directory at ``/sandbox`` -- the only
-   writable place (the root and ``/dev`` are remounted read-only). The repository, the hidden tests and the solutions are simply
-   not there. ``--die-with-parent``, ``--new-session`` and the PID namespace mean it
-   cannot signal the grader or outlive it.
-2. **The runner itself** (``runner.py``) lowers its resource limits
-   (``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``, ``RLIMIT_NPROC``,
-   ``RLIMIT_CORE``) and installs a seccomp filter (no new processes, no signals to
-   others, no ptrace) before any student code runs.
-3. **This module**, in the trusted process: a wall-clock limit per exercise and per
-   launch, a cap on output read through the pipe, and a kill of the whole
-   process group (which takes the PID namespace with it) when any is exceeded.
+- **Never root.** When the grader is root, each launch runs as a uid/gid of its own
+  (from systemd's dynamic range 61184-65519: no account, no files elsewhere), owning its
+  0700 working directory, so runs side by side cannot read or change each other's files:
+  in process mode the child is started with that uid/gid and no supplementary groups;
+  inside bubblewrap (started by root without a user namespace, so no uid 0 is *mapped*
+  in either) the runner drops to it before anything else.
+- **A separate interpreter environment** (:class:`StudentPython`): the base interpreter
+  (its real path, never a venv launcher) started with ``-I -S -B``, so no ``site``,
+  no ``.pth`` files, no environment variables, no user site; ``sys.path`` is its
+  standard library plus one directory holding *only* the allowed packages (NumPy;
+  others only when asked for). ``bncourse``, the grader's venv, the hidden cases and
+  the solutions are not on it. An instructor can name a dedicated environment with
+  ``BNCOURSE_STUDENT_PYTHON`` (the Gradescope bundle builds one with only NumPy).
+- **Landlock** (Linux >= 5.13, applied by ``runner.py``): reading is allowed only in
+  the standard library (not its ``site-packages``), the allowed packages and the shared
+  libraries; writing only in the working directory; TCP and signals outside the
+  process are denied too on newer kernels. This is what makes the grader's own files
+  unreadable in process mode even where their permissions would allow it.
+- **seccomp** through libseccomp (rules written by syscall name, so every architecture
+  libseccomp knows works), else a hand-written BPF for x86-64/arm64: no new processes,
+  no signals to others, no sockets of any family, no ptrace/io_uring/bpf/perf/keyctl,
+  no unlink/rename/link/mknod (so disk use cannot hide in unlinked files, and nothing
+  is left for the grader to follow).
+- **rlimits**: CPU time (the primary time limit, so a shared core does not change a
+  grade), address space, file size, open files, processes, no core dumps.
+- **This module**, in the trusted process: per-exercise CPU time read from ``/proc``, a
+  wall clock only as a generous backstop, the working directory's size and file count
+  polled, and every byte read from the sandbox (stdout, events) under a hard cap, even
+  without newlines. The whole process group is killed at the end.
 
-Where bubblewrap is missing or unusable (e.g. inside Docker without user
-namespaces), :func:`detect_sandbox` falls back to layers 2 and 3 only, runs as
-``nobody`` when the grader is root and the interpreter allows it, and lists what
-is then *not* protected in :attr:`Sandbox.warnings`, which the grader prints and
-copies into every result.
+What **bubblewrap** adds: new mount, PID, network, IPC and UTS namespaces (the course
+files are simply not there; no network interface at all), a read-only root, and a size-
+limited tmpfs as the working directory (so even files held open count against
+``disk_mb``). Without it (Docker's default seccomp profile blocks the namespaces,
+Gradescope, macOS), the process mode relies on the layers above; what it then does not
+protect is listed in :attr:`Sandbox.warnings` for the instructor (never in the results
+students see).
 """
 
 from __future__ import annotations
@@ -29,7 +46,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -40,7 +56,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Limits", "Sandbox", "LaunchResult", "detect_sandbox", "RUNNER"]
+from .student_env import STUDENT_PYTHON_ENV, StudentPython, site_dirs_to_hide, student_python
+from .watch import CappedReader, EventReader, cpu_seconds, disk_usage, find_runner, kill_group, tmpfs_usage
+
+__all__ = ["Limits", "Sandbox", "LaunchResult", "StudentPython", "detect_sandbox", "student_python",
+           "RUNNER", "STUDENT_PYTHON_ENV"]
 
 RUNNER = Path(__file__).with_name("runner.py")
 NOBODY = 65534
@@ -59,13 +79,17 @@ class Limits:
     """Resource limits of one submission's run.
 
     Attributes:
-        timeout: wall-clock seconds allowed for each exercise (all its hidden cases).
+        timeout: CPU seconds allowed for each exercise (all its hidden cases); the whole
+            run gets ``RLIMIT_CPU = timeout * exercises + startup``.
         memory_mb: address-space limit (``RLIMIT_AS``) of the sandboxed process.
         output_bytes: stdout + stderr the grader reads before killing the run.
         file_mb: largest file the run may write (``RLIMIT_FSIZE``).
-        disk_mb, max_files: what the working directory may hold; checked every
-            0.2 s by the trusted process, which kills the run beyond either.
-        startup: extra wall-clock seconds per launch for interpreter and NumPy start-up.
+        disk_mb, max_files: what the working directory may hold; polled every 0.2 s by the
+            trusted process (and, in bubblewrap, the size of its tmpfs).
+        startup: extra seconds per launch for interpreter and NumPy start-up.
+        wall_factor: the wall-clock backstop is ``wall_factor`` times the CPU budget, so
+            code that sleeps or waits still ends, while a slow shared core changes nothing.
+        open_files: ``RLIMIT_NOFILE``.
     """
 
     timeout: float = 10.0
@@ -75,6 +99,8 @@ class Limits:
     disk_mb: int = 256
     max_files: int = 2000
     startup: float = 10.0
+    wall_factor: float = 3.0
+    open_files: int = 64
 
     def rlimits(self, exercises: int, nproc: int | None) -> dict[str, list[int]]:
         cpu = int(self.timeout * max(exercises, 1) + self.startup)
@@ -82,6 +108,7 @@ class Limits:
             "RLIMIT_CPU": [cpu, cpu + 1],
             "RLIMIT_AS": [self.memory_mb << 20] * 2,
             "RLIMIT_FSIZE": [self.file_mb << 20] * 2,
+            "RLIMIT_NOFILE": [self.open_files] * 2,
             "RLIMIT_CORE": [0, 0],
         }
         if nproc is not None:
@@ -95,7 +122,8 @@ class LaunchResult:
 
     ``events`` are the runner's JSON progress lines (trusted for messages only);
     ``killed`` is ``None`` or ``"timeout"``, ``"output"``, ``"total-timeout"``, ``"disk"``;
-    ``exercise``/``case`` say where the run was when it ended or was killed.
+    ``exercise``/``case`` say where the run was when it ended or was killed;
+    ``cpu_seconds`` is the runner's CPU time as the trusted process last read it.
     """
 
     events: list[dict[str, Any]]
@@ -106,6 +134,8 @@ class LaunchResult:
     seconds: float
     exercise: str | None = None
     case: int | None = None
+    cpu_seconds: float | None = None
+    events_bytes: int = 0
 
 
 @dataclass
@@ -124,6 +154,20 @@ class Sandbox:
     run_as: tuple[int, int] | None = None
     nproc: int | None = None
     warnings: list[str] = field(default_factory=list)
+    stdlib: list[str] = field(default_factory=list)
+    landlock: bool = True
+    probe: dict[str, Any] | None = None
+    bwrap: str = "bwrap"
+    tmpfs_size: bool = True  # bubblewrap >= 0.7 can size a tmpfs (Ubuntu 22.04 ships 0.6)
+
+    @property
+    def packages(self) -> list[Path]:
+        return self.numpy_dirs
+
+    @property
+    def drops_inside(self) -> bool:
+        """bubblewrap started by root: no user namespace, the runner drops to ``run_as`` itself."""
+        return self.kind == "bwrap" and self.run_as is not None and _is_root()
 
     # -- layout inside the sandbox -------------------------------------------------
     def inside(self, workdir: Path) -> Path:
@@ -134,7 +178,7 @@ class Sandbox:
         return Path("/pylib") if self.kind == "bwrap" else workdir / "pylib"
 
     def prepare(self, workdir: Path) -> None:
-        """Copy the runner in; in process mode, link NumPy into ``pylib`` and hand the dir to ``run_as``."""
+        """Copy the runner in; in process mode, link the packages into ``pylib``; hand the dir to ``run_as``."""
         shutil.copyfile(RUNNER, workdir / "runner.py")
         (workdir / "out").mkdir(exist_ok=True)
         if self.kind == "local":
@@ -152,15 +196,51 @@ class Sandbox:
                 for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
                     os.lchown(name, uid, gid)
 
-    def command(self, workdir: Path, args: list[str]) -> list[str]:
+    def landlock_rules(self, workdir: Path) -> list[list[str]]:
+        """Landlock rules as the sandboxed process sees the paths: read-only code, one writable dir."""
+        rules: list[list[str]] = []
+        for entry in self.stdlib:
+            path = Path(entry)
+            if path.is_dir():
+                rules.append([entry, "d"])  # listing the directory is needed by the import system
+                for child in sorted(path.iterdir()):
+                    if child.name not in ("site-packages", "dist-packages"):
+                        rules.append([str(child), "rd"])
+            elif path.exists():
+                rules.append([entry, "r"])
+        multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+        system = ["/lib64", "/usr/lib64", "/etc/ld.so.cache", "/usr/share/zoneinfo", "/etc/localtime",
+                  "/dev/null", "/dev/urandom", "/sys/devices/system/cpu", "/proc/cpuinfo"]
+        if multiarch:
+            system += [f"/usr/lib/{multiarch}", f"/lib/{multiarch}"]
+        rules += [[p, "rd"] for p in system]
+        rules.append(["/dev/null", "w"])
+        if self.kind == "bwrap":
+            rules.append(["/pylib", "rd"])
+        else:
+            rules += [[str(d), "rd"] for d in self.numpy_dirs]
+            rules.append([str(workdir / "pylib"), "rd"])
+        rules.append([str(self.inside(workdir)), "w"])
+        return rules
+
+    def command(self, workdir: Path, args: list[str], disk_bytes: int | None = None) -> list[str]:
+        """The command line that starts the runner (``disk_bytes``: size of bubblewrap's tmpfs)."""
         if self.kind == "local":
             return [self.python, str(workdir / "runner.py"), *args]
-        inner = [self.python, "-I", "-S", str(self.inside(workdir) / "runner.py"), *args]
+        inner = [self.python, "-I", "-S", "-B", str(self.inside(workdir) / "runner.py"), *args]
         if self.kind != "bwrap":
             return inner
-        cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-               "--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "sandbox",
-               "--ro-bind", "/usr", "/usr"]
+        cmd = [self.bwrap, "--die-with-parent", "--unshare-ipc", "--unshare-pid", "--unshare-net",
+               "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
+        if self.drops_inside:
+            # Root without a user namespace: only the right to change uid survives into the
+            # sandbox, and the runner uses it to drop to its uid before anything else.
+            cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        else:
+            # (No --disable-userns, which needs bubblewrap 0.8: seccomp already denies unshare/setns.)
+            cmd += ["--unshare-user", "--cap-drop", "ALL",
+                    "--uid", str(NOBODY), "--gid", str(NOBODY)]
+        cmd += ["--ro-bind", "/usr", "/usr"]
         for name in ("bin", "lib", "lib64", "lib32", "sbin"):
             path = Path("/") / name
             if path.is_symlink():
@@ -168,16 +248,31 @@ class Sandbox:
             elif path.is_dir():
                 cmd += ["--ro-bind", str(path), str(path)]
         cmd += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+        made: set[str] = set()
         for path in self.ro_binds:
+            for parent in reversed(path.parents):  # bubblewrap would make them 0700
+                if str(parent) != "/" and str(parent) not in made and not str(parent).startswith("/usr"):
+                    made.add(str(parent))
+                    cmd += ["--perms", "0755", "--dir", str(parent)]
             cmd += ["--ro-bind", str(path), str(path)]
         for path in self.hide:
             cmd += ["--tmpfs", str(path), "--remount-ro", str(path)]
+        cmd += ["--perms", "0755", "--dir", "/pylib"]
         for d in self.numpy_dirs:
             cmd += ["--ro-bind", str(d), f"/pylib/{d.name}"]
-        # /dev and the root are tmpfs mounts made by bwrap: read-only, so that the working
-        # directory (size-watched by the grader) is the only place the code can write.
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
-                "--bind", str(workdir), "/sandbox", "--remount-ro", "/", "--chdir", "/sandbox", "--clearenv"]
+        # The working directory is a tmpfs of disk_mb: files held open after writing count
+        # too. The runner, plan and inputs come in read-only; only out/ goes back to the host.
+        # Twice the limit: the grader's poll (which reads this tmpfs's usage) normally stops a run
+        # first; the tmpfs size is the hard bound in between polls.
+        limit = 2 * (disk_bytes or Limits().disk_mb << 20)
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
+        cmd += (["--size", str(limit)] if self.tmpfs_size else []) + ["--perms", "0777", "--tmpfs", "/sandbox"]
+        for entry in sorted(workdir.iterdir()):
+            if entry.name == "out":
+                cmd += ["--bind", str(entry), "/sandbox/out"]
+            elif entry.is_file() and not entry.is_symlink():
+                cmd += ["--ro-bind", str(entry), f"/sandbox/{entry.name}"]
+        cmd += ["--remount-ro", "/", "--chdir", "/sandbox", "--clearenv"]
         for key, value in {**BASE_ENV, "HOME": "/sandbox"}.items():
             cmd += ["--setenv", key, value]
         return cmd + ["--", *inner]
@@ -187,229 +282,185 @@ class Sandbox:
             exercises: int = 1, per_exercise: bool = True) -> LaunchResult:
         """Run ``runner.py MODE plan.json`` in ``workdir`` under all limits.
 
-        ``plan`` gets the protections (rlimits, seccomp, NumPy path) added and is
-        written as ``plan.json``. With ``per_exercise``, a run still inside one
-        exercise after ``limits.timeout`` seconds is killed; a run is always
-        killed after ``limits.timeout * exercises + limits.startup`` seconds.
+        ``plan`` gets the protections (rlimits, Landlock, seccomp, package path) added and
+        is written as ``plan.json``. With ``per_exercise``, a run that has spent more than
+        ``limits.timeout`` CPU seconds in one exercise is killed (or ``wall_factor`` times
+        that in wall-clock time, for code that sleeps); the whole run is bounded by
+        ``RLIMIT_CPU`` and by ``wall_factor`` times its CPU budget in wall-clock time.
         """
+        identity = self._take_identity(workdir)
+        try:
+            return self._launch(workdir, mode, plan, limits, exercises, per_exercise, identity)
+        finally:
+            if identity is not None and identity != self.run_as:
+                _release_uid(identity[0])
+
+    def _take_identity(self, workdir: Path) -> tuple[int, int] | None:
+        """When root: a uid/gid of its own for this launch (so runs side by side cannot touch each
+        other's files, even without Landlock), owning the whole working directory."""
+        if self.run_as is None or self.kind == "local":
+            return None
+        uid = _take_uid()
+        identity = (uid, uid) if uid is not None else self.run_as
+        for root, dirs, files in os.walk(workdir):
+            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                os.lchown(name, *identity)
+        os.chmod(workdir, 0o700)  # its own uid only (and the grader, root)
+        return identity
+
+    def _launch(self, workdir: Path, mode: str, plan: dict[str, Any], limits: Limits, exercises: int,
+                per_exercise: bool, identity: tuple[int, int] | None) -> LaunchResult:
         plan = dict(plan)
         if self.kind != "local":
             plan["limits"] = limits.rlimits(exercises, self.nproc)
             plan["seccomp"] = True
+            plan["disk_mb"] = limits.disk_mb
             plan["sys_path"] = [str(self.pylib(workdir))]
+            if self.landlock:
+                plan["landlock"] = self.landlock_rules(workdir)
+            if self.drops_inside:
+                plan["drop_to"] = list(identity)
+            plan["die_with_parent"] = self.kind == "process"  # bubblewrap: --die-with-parent
         plan_path = workdir / "plan.json"
         plan_path.write_text(json.dumps(plan), encoding="utf-8")
-        if self.run_as is not None:
-            os.lchown(plan_path, *self.run_as)
+        if identity is not None:
+            os.lchown(plan_path, *identity)
         r_events, w_events = os.pipe()
         env = ({**os.environ, "MPLBACKEND": "Agg"} if self.kind == "local"
                else {**BASE_ENV, "HOME": str(self.inside(workdir))})
         kwargs: dict[str, Any] = {}
-        if self.run_as is not None and self.kind == "process":
-            kwargs.update(user=self.run_as[0], group=self.run_as[1], extra_groups=[])
+        if identity is not None and self.kind == "process":
+            kwargs.update(user=identity[0], group=identity[1], extra_groups=[], umask=0o077)
         args = [mode, str(self.inside(workdir) / "plan.json"), str(w_events)]
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
-                self.command(workdir, args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, pass_fds=(w_events,), cwd=workdir, env=env,
+                self.command(workdir, args, limits.disk_mb << 20), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(w_events,), cwd=workdir, env=env,
                 start_new_session=True, **kwargs)
+        except BaseException:
+            os.close(r_events)
+            raise
         finally:
             os.close(w_events)
-        output = _CappedReader(proc.stdout, limits.output_bytes)
-        events = _EventReader(os.fdopen(r_events, "rb"))
-        total_budget = limits.timeout * max(exercises, 1) + limits.startup
+        output = CappedReader(proc.stdout, limits.output_bytes)
+        events = EventReader(r_events)
+        cpu_budget = limits.timeout * max(exercises, 1) + limits.startup
         killed = None
         next_disk_check = started + 0.2
+        next_cpu_check = started
+        runner_pid = proc.pid if self.kind != "bwrap" else None
+        cpu: float | None = None
+        seen_starts, ex_cpu0 = 0, None
         while proc.poll() is None:
             now = time.monotonic()
             if now >= next_disk_check:
                 next_disk_check = now + 0.2
-                size, count = _usage(workdir, limits.max_files)
+                size, count = disk_usage(workdir, limits.max_files)
+                if self.kind == "bwrap" and runner_pid:
+                    tmpfs = tmpfs_usage(runner_pid)  # counts files held open after unlinking, too
+                    size, count = size + tmpfs[0], count + tmpfs[1]
                 if size > limits.disk_mb << 20 or count > limits.max_files:
                     killed = "disk"
                     break
-            if per_exercise and events.current_since is not None and now - events.current_since > limits.timeout:
-                killed = "timeout"
-            elif now - started > total_budget:
+            if now >= next_cpu_check:
+                next_cpu_check = now + 0.05
+                if runner_pid is None:
+                    runner_pid = find_runner(proc.pid)
+                cpu = cpu_seconds(runner_pid) if runner_pid else None
+                if events.starts != seen_starts or (ex_cpu0 is None and cpu is not None):
+                    seen_starts, ex_cpu0 = events.starts, cpu  # CPU time when this exercise began
+            since = events.current_since
+            if per_exercise and since is not None:
+                if cpu is not None and ex_cpu0 is not None and events.starts == seen_starts:
+                    over = cpu - ex_cpu0 > limits.timeout or now - since > limits.timeout * limits.wall_factor
+                else:  # no CPU clock to read (not Linux): the wall clock decides
+                    over = now - since > limits.timeout
+                if over:
+                    killed = "timeout"
+            if not killed and now - started > cpu_budget * (limits.wall_factor if cpu is not None else 1):
                 killed = "total-timeout"
-            elif output.exceeded:
+            if not killed and (output.exceeded or events.exceeded):
                 killed = "output"
             if killed:
                 break
             time.sleep(0.01)
-        _kill_group(proc)
+        kill_group(proc)
         proc.wait()
         output.join(1.0)
         events.join(1.0)
         return LaunchResult(
             events=events.events, output=output.text(), output_bytes=output.total,
             returncode=proc.returncode, killed=killed, seconds=time.monotonic() - started,
-            exercise=events.exercise, case=events.case)
+            exercise=events.exercise, case=events.case, cpu_seconds=cpu, events_bytes=events.total)
 
 
-def _usage(root: Path, max_entries: int) -> tuple[int, int]:
-    """Bytes and entries under ``root`` (symlinks not followed), counting at most ``max_entries + 1``."""
-    size, count, stack = 0, 0, [str(root)]
-    while stack and count <= max_entries:
-        try:
-            with os.scandir(stack.pop()) as entries:
-                for entry in entries:
-                    count += 1
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    else:
-                        size += entry.stat(follow_symlinks=False).st_size
-                    if count > max_entries:
-                        break
-        except OSError:
-            continue
-    return size, count
+# systemd's range for dynamic users: uids with no passwd entry that own no files elsewhere.
+_DYNAMIC_UIDS = range(61184, 65520)
+_uid_lock = threading.Lock()
+_uids_taken: set[int] = set()
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the run's process group; bwrap's PID namespace dies with its init."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _take_uid() -> int | None:
+    """A uid of the dynamic range that no account has, no process runs as, and no other launch holds."""
+    import pwd
 
-
-class _CappedReader(threading.Thread):
-    """Drains a pipe, keeping the first ``limit`` bytes and counting the rest."""
-
-    KEEP = 16_384
-
-    def __init__(self, stream: Any, limit: int) -> None:
-        super().__init__(daemon=True)
-        self.stream, self.limit = stream, limit
-        self.head = bytearray()
-        self.total = 0
-        self.start()
-
-    @property
-    def exceeded(self) -> bool:
-        return self.total > self.limit
-
-    def run(self) -> None:
-        try:
-            while True:
-                chunk = self.stream.read1(65536) if hasattr(self.stream, "read1") else self.stream.read(65536)
-                if not chunk:
-                    break
-                self.total += len(chunk)
-                if len(self.head) < self.KEEP:
-                    self.head += chunk[: self.KEEP - len(self.head)]
-        except (OSError, ValueError):
-            pass
-        finally:
+    busy = set()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
             try:
-                self.stream.close()
+                busy.add(os.stat(f"/proc/{entry}").st_uid)
             except OSError:
                 pass
+    with _uid_lock:
+        start = (os.getpid() * 7919) % len(_DYNAMIC_UIDS)  # separate grader processes start apart
+        for k in range(len(_DYNAMIC_UIDS)):
+            uid = _DYNAMIC_UIDS[(start + k) % len(_DYNAMIC_UIDS)]
+            if uid in busy or uid in _uids_taken:
+                continue
+            try:
+                pwd.getpwuid(uid)
+                continue
+            except KeyError:
+                _uids_taken.add(uid)
+                return uid
+    return None
 
-    def text(self) -> str:
-        return self.head.decode("utf-8", "replace")
+
+def _release_uid(uid: int) -> None:
+    with _uid_lock:
+        _uids_taken.discard(uid)
 
 
-class _EventReader(threading.Thread):
-    """Parses the runner's JSON lines; tracks which exercise and case are running."""
-
-    MAX_BYTES = 4_000_000
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__(daemon=True)
-        self.stream = stream
-        self.events: list[dict[str, Any]] = []
-        self.exercise: str | None = None
-        self.case: int | None = None
-        self.current_since: float | None = None
-        self.start()
-
-    def run(self) -> None:
-        read = 0
-        try:
-            for line in self.stream:
-                read += len(line)
-                if read > self.MAX_BYTES:
-                    break
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(event, dict):
-                    continue
-                self.events.append(event)
-                kind = event.get("ev")
-                if kind == "start":
-                    self.exercise, self.case = str(event.get("ex")), None
-                    self.current_since = time.monotonic()
-                elif kind == "case_start" and isinstance(event.get("case"), int):
-                    self.case = event["case"]
-                elif kind == "end":
-                    self.current_since = None
-        except (OSError, ValueError):
-            pass
-        finally:
-            self.stream.close()
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 # -- choosing a sandbox --------------------------------------------------------------
 
-
-def _numpy_dirs() -> list[Path]:
-    import numpy
-
-    root = Path(numpy.__file__).resolve().parent
-    dirs = [root]
-    libs = root.with_name("numpy.libs")
-    if libs.is_dir():
-        dirs.append(libs)
-    return dirs
+_PROBE_CELLS = [
+    {"label": "probe", "code": "import numpy\nnumpy.ones(3) @ numpy.ones(3)"},
+    {"label": "uid", "code": "import os\nassert os.getuid() != 0 and os.geteuid() != 0, 'runs as root'"},
+]
 
 
-def _interpreter() -> tuple[str, list[Path]]:
-    """The base interpreter (not a venv launcher) and the prefix directories it needs."""
-    base = Path(getattr(sys, "_base_executable", sys.executable) or sys.executable)
-    candidates = [base, Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"]
-    python = next((p for p in candidates if p.exists()), Path(sys.executable))
-    prefixes = {Path(sys.base_prefix).resolve(), Path(sys.base_exec_prefix).resolve()}
-    real = python.resolve()
-    binds = sorted(p for p in prefixes if not str(p).startswith("/usr/") and str(p) != "/usr")
-    if not any(str(real).startswith(str(p) + os.sep) for p in binds) and not str(real).startswith("/usr/"):
-        binds.append(real.parent)
-    return str(python), binds
+def _probe(sandbox: Sandbox, secret: Path | None = None) -> tuple[str | None, dict]:
+    """Start the sandbox once: NumPy must import, uid must not be 0; ``(why not or None, facts)``.
 
-
-def _site_dirs_to_hide(binds: list[Path]) -> list[Path]:
-    """Site-packages visible through a read-only bind (e.g. /usr/local/...): hidden behind a tmpfs."""
-    roots = [Path("/usr"), *binds]
-    found = set()
-    for key in ("purelib", "platlib"):
-        base_paths = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})
-        for scheme_path in {sysconfig.get_paths()[key], base_paths[key]}:
-            path = Path(scheme_path).resolve()
-            if path.is_dir() and any(path == r or r in path.parents for r in roots):
-                found.add(path)
-    for p in sys.path:
-        path = Path(p).resolve() if p else None
-        if path and path.name in ("site-packages", "dist-packages") and path.is_dir() and any(
-                r in path.parents for r in roots):
-            found.add(path)
-    return sorted(found)
-
-
-def _probe(sandbox: Sandbox) -> str | None:
-    """Start the sandbox once and import NumPy in it; ``None`` if that works, else why not."""
+    ``facts`` holds the runner's ``ready`` event (what protections it installed) and, with
+    ``secret``, whether student code could read that file (one of the grader's own).
+    """
+    cells = list(_PROBE_CELLS)
+    if secret is not None:
+        cells.append({"label": "secret", "code": f"open({str(secret)!r}, 'rb').read(1)"})
     with tempfile.TemporaryDirectory(prefix="bncourse-probe-") as tmp:
         workdir = Path(tmp)
-        os.chmod(workdir, 0o755)
+        os.chmod(workdir, 0o711)
         try:
             sandbox.prepare(workdir)
-            result = sandbox.run(workdir, "cells", {"cells": [{"label": "probe", "code": "import numpy"}]},
-                                 Limits(timeout=20.0), per_exercise=False)
+            result = sandbox.run(workdir, "cells", {"cells": cells}, Limits(timeout=20.0), per_exercise=False)
         except OSError as err:
-            return f"cannot start it ({err})"
+            return f"cannot start it ({err})", {}
         finally:
             if sandbox.run_as is not None:
                 for root, dirs, files in os.walk(workdir):
@@ -418,10 +469,16 @@ def _probe(sandbox: Sandbox) -> str | None:
                             os.lchown(name, os.getuid(), os.getgid())
                         except OSError:
                             pass
-        ok = [e for e in result.events if e.get("ev") == "cell" and e.get("ok")]
-        if ok:
-            return None
-        return (result.output.strip().splitlines() or [f"exit code {result.returncode}"])[-1][:300]
+    outcome = {e.get("index"): e for e in result.events if e.get("ev") == "cell"}
+    facts = {"ready": next((e for e in result.events if e.get("ev") == "ready"), {}),
+             "secret_readable": bool(outcome.get(2, {}).get("ok")) if secret is not None else None}
+    for index in (0, 1):
+        event = outcome.get(index)
+        if event is None or not event.get("ok"):
+            why = (event or {}).get("msg") or (result.output.strip().splitlines()
+                                                or [f"exit code {result.returncode}"])[-1]
+            return str(why)[:300], facts
+    return None, facts
 
 
 def _count_processes(uid: int) -> int:
@@ -436,19 +493,42 @@ def _count_processes(uid: int) -> int:
     return count
 
 
-def detect_sandbox(mode: str = "auto") -> Sandbox:
+def _bwrap_version(bwrap: str) -> tuple[int, ...]:
+    """``bwrap --version`` as a tuple, ``(0,)`` if it does not say."""
+    try:
+        text = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout
+        return tuple(int(part) for part in text.split()[-1].split("."))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return (0,)
+
+
+def _nobody() -> tuple[int, int]:
+    try:
+        import pwd
+
+        entry = pwd.getpwnam("nobody")
+        return entry.pw_uid, entry.pw_gid
+    except (ImportError, KeyError):
+        return NOBODY, NOBODY
+
+
+def detect_sandbox(mode: str = "auto", student: str | None = None,
+                   packages: tuple[str, ...] = ("numpy",)) -> Sandbox:
     """Pick and probe the sandbox. ``mode``: ``"auto"``, ``"bwrap"`` (required) or ``"process"``.
 
-    Raises ``ValueError`` if ``"bwrap"`` is required but unusable.
+    ``student``: the student interpreter (default ``$BNCOURSE_STUDENT_PYTHON``, else found
+    as :func:`student_python` says); ``packages``: what student code may import besides
+    the standard library. Raises ``ValueError`` if ``"bwrap"`` is required but unusable,
+    or if no interpreter can run student code without root.
     """
     if mode not in ("auto", "bwrap", "process"):
         raise ValueError(f"expected sandbox mode auto, bwrap or process, got {mode!r}")
-    python, binds = _interpreter()
-    numpy_dirs = _numpy_dirs()
-    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    # RLIMIT_NPROC counts every process of the real uid and does not bind root; the seccomp
-    # filter is what stops fork bombs. The limit is a second layer for non-root graders.
-    nproc = None if is_root or not hasattr(os, "getuid") else _count_processes(os.getuid()) + 64
+    is_root = _is_root()
+    run_as = _nobody() if is_root else None
+    uid = run_as[0] if run_as else (os.getuid() if hasattr(os, "getuid") else None)
+    # RLIMIT_NPROC counts the processes of the real uid: a second layer under seccomp's ban.
+    nproc = None if uid is None else _count_processes(uid) + 64
+    secret = Path(__file__).resolve().parent / "grader.py"  # one of the grader's own files
     reason = None
     if mode in ("auto", "bwrap"):
         if not sys.platform.startswith("linux"):
@@ -456,31 +536,62 @@ def detect_sandbox(mode: str = "auto") -> Sandbox:
         elif shutil.which("bwrap") is None:
             reason = "bwrap is not installed (Debian/Ubuntu: apt-get install -y bubblewrap)"
         else:
-            candidate = Sandbox("bwrap", python, numpy_dirs, ro_binds=binds,
-                                hide=_site_dirs_to_hide(binds), nproc=nproc)
-            reason = _probe(candidate)
+            bwrap = shutil.which("bwrap")  # the grader's PATH decides, not the sandbox's
+            try:
+                env = student_python(student, run_as, packages, for_bwrap=True)
+                candidate = Sandbox("bwrap", env.python, list(env.packages), ro_binds=list(env.prefixes),
+                                    hide=site_dirs_to_hide(list(env.prefixes)), run_as=run_as, nproc=nproc,
+                                    stdlib=list(env.stdlib), bwrap=bwrap, tmpfs_size=_bwrap_version(bwrap) >= (0, 7))
+                reason, facts = _probe(candidate, secret)
+            except ValueError as err:
+                reason, facts = str(err), {}
             if reason is None:
+                candidate.probe = facts
+                candidate.warnings = _notes(candidate, facts, env)
                 return candidate
             reason = f"bwrap is installed but does not work here: {reason}"
         if mode == "bwrap":
             raise ValueError(f"expected a working bubblewrap sandbox: {reason}")
-    sandbox = Sandbox("process", python, numpy_dirs, nproc=nproc)
-    if is_root:
-        trial = Sandbox("process", python, numpy_dirs, run_as=(NOBODY, NOBODY))
-        if _probe(trial) is None:
-            sandbox = trial
-    who = ("root" if is_root and sandbox.run_as is None
-           else "nobody" if sandbox.run_as else f"uid {os.getuid()}")
+    env = student_python(student, run_as, packages)
+    sandbox = Sandbox("process", env.python, list(env.packages), run_as=run_as, nproc=nproc,
+                      stdlib=list(env.stdlib))
+    why, facts = _probe(sandbox, secret)
+    if why is not None:
+        raise ValueError(f"expected the process sandbox to start student code as "
+                         f"{'nobody' if run_as else 'this user'}, but it failed: {why}")
+    sandbox.probe = facts
     sandbox.warnings = [
-        "NOT SANDBOXED: " + (reason or "the plain-process sandbox was requested") + ".",
-        f"Student code runs as an ordinary process (as {who}) with resource limits, a wall-clock "
-        "limit, its own session, and a seccomp filter against new processes and signals "
-        "(on Linux x86-64/arm64). It is NOT protected from: reading any file that user can read "
-        "(the hidden tests and solutions, unless their permissions forbid it), writing where that "
-        "user can write, and using the network.",
-    ]
-    if is_root and sandbox.run_as is None:
-        sandbox.warnings.append(
-            "It runs AS ROOT (the interpreter is not usable by 'nobody'), so it can also raise its "
-            "own resource limits and write any file.")
+        "NOT in bubblewrap: " + (reason or "the plain-process sandbox was requested") + ".",
+        *_notes(sandbox, facts, env)]
     return sandbox
+
+
+def _notes(sandbox: Sandbox, facts: dict, env: StudentPython) -> list[str]:
+    """What this sandbox does and does not protect, for the instructor."""
+    ready = facts.get("ready", {})
+    landlock, seccomp = str(ready.get("landlock", "not reported")), str(ready.get("seccomp", "not reported"))
+    who = ("a uid of its own per launch (no account, from 61184-65519)" if sandbox.run_as
+           else f"uid {ready.get('uid')}")
+    notes = []
+    if sandbox.kind == "process":
+        notes.append(
+            f"Student code runs as an ordinary process as {who}, with {env.origin} and only "
+            f"{', '.join(d.name for d in env.packages)}; resource limits (CPU time first); Landlock: {landlock}; "
+            f"seccomp: {seccomp}.")
+        gaps = ["no PID/network namespace (other processes are visible in /proc)"]
+        if not landlock.startswith("installed"):
+            gaps.append("reading any file that others may read and writing where others may write "
+                        "(e.g. /tmp, /dev/shm) -- Landlock is what stops that")
+        elif not landlock.startswith("installed (ABI") or int(landlock.split("ABI ")[1].rstrip(")")) < 6:
+            gaps.append("signals and abstract sockets are stopped by seccomp only (Landlock ABI < 6)")
+        if not seccomp.startswith("installed (libseccomp"):
+            gaps.append("seccomp without libseccomp covers processes, signals and sockets only "
+                        "(install libseccomp2)" if seccomp.startswith("installed") else
+                        "new processes, signals to other processes and the network (no seccomp)")
+        notes.append("It is NOT protected from: " + "; ".join(gaps) + ".")
+    elif not landlock.startswith("installed") or not seccomp.startswith("installed (libseccomp"):
+        notes.append(f"bubblewrap works; inside it, Landlock: {landlock}; seccomp: {seccomp}.")
+    if facts.get("secret_readable"):
+        notes.append(f"Student code could READ the grader's own files (tried {Path(__file__).parent}/grader.py): "
+                     "make them unreadable to that user (chmod -R go-rwx) or use bubblewrap.")
+    return notes

@@ -185,7 +185,8 @@ ZERO_WITH_MESSAGE = {
     "fork_bomb": "PermissionError",
     "subprocess": "PermissionError",
     "output_flood": "printed more than 1,000,000 bytes of output in Exercise 1",
-    "disk_filler": "wrote more than 256 MB or 2000 files in Exercise 1",
+    # Stopped by the grader's poll, or (bubblewrap's tmpfs) refused by the file system first.
+    "disk_filler": "more than 256 MB",
     "file_bomb": "wrote more than 256 MB or 2000 files in Exercise 1",
     "wrong_shape": "expected (",
     "nan": "contains NaN",
@@ -265,10 +266,11 @@ def test_a_notebook_of_another_exercise(batch):
 
 
 def test_sandbox_isolation(batch, sandbox):
-    if sandbox.kind != "bwrap":
-        for name in ("read_secrets", "control"):
-            assert "NOT SANDBOXED" in batch[name]["output"]
-        pytest.skip("bubblewrap is not usable here; the fallback says so in every result (checked)")
+    landlock = str((sandbox.probe or {}).get("ready", {}).get("landlock", ""))
+    if sandbox.kind != "bwrap" and not landlock.startswith("installed"):
+        # Without namespaces and without Landlock, only permissions guard files: the instructor is told.
+        assert any("NOT protected from" in w for w in sandbox.warnings)
+        pytest.skip(f"neither bubblewrap nor Landlock here ({landlock}); the instructor is warned (checked)")
     assert "LEAK:[]" in all_outputs(batch["read_secrets"]), "the sandbox could read course files"
     assert "WROTE:[]" in all_outputs(batch["write_outside"]), "the sandbox could write outside its dir"
     assert "NET:[]" in all_outputs(batch["network"]), "the sandbox reached the network"

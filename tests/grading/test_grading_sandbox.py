@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,12 @@ def test_runner_needs_only_the_standard_library_and_numpy():
 def test_bwrap_binds_no_course_files(sandbox, tmp_path):
     if sandbox.kind != "bwrap":
         pytest.skip("bubblewrap is not usable here")
+    sandbox.prepare(tmp_path)
     cmd = sandbox.command(tmp_path, ["grade", "/sandbox/plan.json", "3"])
-    assert {"--unshare-all", "--die-with-parent", "--new-session"} <= set(cmd)
+    assert {"--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent"} <= set(cmd)
     sources = [Path(cmd[i + 1]) for i, a in enumerate(cmd) if a in ("--bind", "--ro-bind", "--ro-bind-try")]
     writable = [Path(cmd[i + 1]) for i, a in enumerate(cmd) if a == "--bind"]
-    assert writable == [tmp_path]
+    assert writable == [tmp_path / "out"]
     for src in sources:
         inside_repo = src == ROOT or ROOT in src.parents
         assert not inside_repo or (ROOT / ".venv") in src.parents, f"{src} exposes the repository"
@@ -50,10 +52,17 @@ def test_course_packages_are_not_importable_in_the_sandbox(grader, tmp_path):
     assert "IMPORTS:[]" in all_outputs(results)
 
 
-def test_no_process_outlives_a_timeout(grader, tmp_path):
+def test_no_process_outlives_a_timeout(grader, tmp_path, monkeypatch):
     body = "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n    while True:\n        pass\n"
     path = write_nb(tmp_path / "loop.ipynb", with_answer("ex01", body))
-    results = grader.grade(Submission("loop", path))
+    # This test's work directory in a place of its own: other graders may run on this machine.
+    base = tempfile.mkdtemp(prefix="bncourse-timeout-test-")
+    os.chmod(base, 0o711)
+    monkeypatch.setattr(tempfile, "tempdir", base)
+    try:
+        results = grader.grade(Submission("loop", path))
+    finally:
+        monkeypatch.undo()
     assert "timed out" in results["output"]
     leftovers = []
     for proc in Path("/proc").iterdir():
@@ -61,10 +70,11 @@ def test_no_process_outlives_a_timeout(grader, tmp_path):
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        # Work dirs carry the grading process's pid: other graders on this machine are not ours.
-        if b"runner.py" in cmdline and f"bncourse-grade-{os.getpid()}-".encode() in cmdline:
+        if b"runner.py" in cmdline and base.encode() in cmdline:
             leftovers.append(cmdline)
     assert not leftovers, leftovers
+    assert os.listdir(base) == []
+    os.rmdir(base)
 
 
 def test_fallback_without_bubblewrap_warns_loudly_and_still_grades(tmp_path):
@@ -76,9 +86,9 @@ def test_fallback_without_bubblewrap_warns_loudly_and_still_grades(tmp_path):
         "ex01", "import os\ndef batchnorm_forward(x, gamma, beta, eps=1e-5):\n    os.fork()\n"))
     ok = grader.grade(Submission("control", control))
     assert ok["score"] == 10.0
-    assert "NOT SANDBOXED" in ok["output"] and "NOT protected from" in ok["output"]
-    # The warning is for the instructor (top-level output, terminal), never in what students read.
-    assert not any("WARNING" in t["output"] or "SANDBOX" in t["output"] for t in ok["tests"])
+    assert "NOT in bubblewrap" in ok["output"] and "NOT protected from" in ok["output"]
+    # Instructors see the warnings; students (tests[].output) never learn what is unprotected.
+    assert not any("WARNING" in t["output"] or "bubblewrap" in t["output"] for t in ok["tests"])
     blocked = grader.grade(Submission("fork", fork))
     assert blocked["score"] == 0.0 and "PermissionError" in all_outputs(blocked)
-    assert blocked["extra_data"]["bncourse"]["protections"]["seccomp"] == "installed"
+    assert blocked["extra_data"]["bncourse"]["protections"]["seccomp"].startswith("installed")
