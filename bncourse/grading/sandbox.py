@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from .student_env import STUDENT_PYTHON_ENV, StudentPython, site_dirs_to_hide, student_python
+from .workdirs import DYNAMIC_UIDS
 from .watch import CappedReader, EventReader, cpu_seconds, disk_usage, find_runner, kill_group, tmpfs_usage
 
 __all__ = ["Limits", "Sandbox", "LaunchResult", "StudentPython", "detect_sandbox", "student_python",
@@ -395,8 +396,7 @@ class Sandbox:
             exercise=events.exercise, case=events.case, cpu_seconds=cpu, events_bytes=events.total)
 
 
-# systemd's range for dynamic users: uids with no passwd entry that own no files elsewhere.
-_DYNAMIC_UIDS = range(61184, 65520)
+_DYNAMIC_UIDS = DYNAMIC_UIDS
 _uid_lock = threading.Lock()
 _uids_taken: set[int] = set()
 

@@ -15,9 +15,12 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["WORKDIR_PREFIX", "make_workdir", "remove_tree", "clean_stale_workdirs"]
+__all__ = ["DYNAMIC_UIDS", "WORKDIR_PREFIX", "make_workdir", "remove_tree", "clean_stale_workdirs"]
 
 WORKDIR_PREFIX = "bncourse-grade-"
+# systemd's range for dynamic users: uids with no passwd entry that own no files elsewhere. A grader
+# running as root hands each launch's work dir to one of them (see sandbox.py).
+DYNAMIC_UIDS = range(61184, 65520)
 
 
 def make_workdir() -> Path:
@@ -113,7 +116,9 @@ def clean_stale_workdirs(tmp: str | None = None) -> list[str]:
         if not m or int(m.group(1)) == os.getpid():
             continue
         try:
-            if entry.stat(follow_symlinks=False).st_uid != os.geteuid() or not entry.is_dir(follow_symlinks=False):
+            owner = entry.stat(follow_symlinks=False).st_uid
+            ours = owner == os.geteuid() or (os.geteuid() == 0 and owner in DYNAMIC_UIDS)
+            if not ours or not entry.is_dir(follow_symlinks=False):
                 continue
             os.kill(int(m.group(1)), 0)
             continue  # that process is alive: maybe another batch
