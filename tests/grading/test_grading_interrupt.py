@@ -12,6 +12,7 @@ import csv
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -128,3 +129,13 @@ def test_work_dirs_of_killed_runs_are_removed_by_the_next_run(grader, tmp_path):
     finally:
         shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(alive, ignore_errors=True)
+
+
+def test_work_dirs_are_private_to_the_grader():
+    from bncourse.grading.workdirs import make_workdir, remove_tree
+
+    workdir = make_workdir()
+    try:
+        assert stat.S_IMODE(workdir.stat().st_mode) == 0o700
+    finally:
+        remove_tree(workdir)
