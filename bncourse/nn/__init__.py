@@ -17,6 +17,9 @@ from .convert import replace_batchnorm
 from . import utils
 from .naive import naive_batchnorm
 from .norms import GroupNorm, LayerNorm, RowNormFunction, group_norm, layer_norm
+from .residual import ResidualBlock
+from .rmsnorm import RMSNorm, RMSNormFunction, rms_norm
+from .weight_standardization import WSConv2d, standardize_weight
 from .utils import recalibrate_bn, run_in_mode
 
 __all__ = [
@@ -26,13 +29,19 @@ __all__ = [
     "BatchNormFunction",
     "GroupNorm",
     "LayerNorm",
+    "RMSNorm",
+    "RMSNormFunction",
+    "ResidualBlock",
     "RowNormFunction",
+    "WSConv2d",
     "batch_norm",
     "group_norm",
     "layer_norm",
     "naive_batchnorm",
     "recalibrate_bn",
     "run_in_mode",
+    "standardize_weight",
     "replace_batchnorm",
+    "rms_norm",
     "utils",
 ]
