@@ -69,3 +69,13 @@ def test_builders_are_seeded():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     with pytest.raises(ValueError, match="block"):
         residual_mlp(2, block="middle")
+
+
+def test_block_output_std_grows_without_normalization_only():
+    from bncourse.lab.resnet import block_output_std
+
+    x = torch.randn(16, 1, 8, 8)
+    plain = block_output_std(small_resnet(8, norm=None, seed=0), x)
+    skip = block_output_std(small_resnet(8, norm=None, skipinit=True, seed=0), x)
+    assert len(plain) == 8 and plain[-1] > 4 * plain[0]
+    assert max(skip) == pytest.approx(min(skip))  # every block is the identity at init

@@ -25,7 +25,7 @@ from ..nn.residual import ResidualBlock
 from ..nn.weight_standardization import WSConv2d
 from .models import norm_layer
 
-__all__ = ["BLOCKS", "residual_mlp", "small_resnet", "residual_blocks"]
+__all__ = ["BLOCKS", "residual_mlp", "small_resnet", "residual_blocks", "block_output_std"]
 
 BLOCKS = ("post", "pre")
 
@@ -125,3 +125,24 @@ def small_resnet(num_blocks: int = 3, channels: int = 16, norm: str | None = "bn
 def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
     """The ``ResidualBlock`` modules of ``model`` in forward order."""
     return [m for m in model.modules() if isinstance(m, ResidualBlock)]
+
+
+@torch.no_grad()
+def block_output_std(model: nn.Module, x: torch.Tensor) -> list[float]:
+    """Standard deviation of each residual block's output on ``x`` (training-mode forward).
+
+    ``x``: a batch the model accepts. One entry per ``ResidualBlock`` in forward order: how the
+    scale of the signal carried by the identity path changes from block to block. The model's
+    mode and buffers are restored.
+    """
+    from ..nn.utils import run_in_mode
+
+    stds: list[float] = []
+    hooks = [b.register_forward_hook(lambda m, args, out: stds.append(out.std().item())) for b in residual_blocks(model)]
+    try:
+        with run_in_mode(model, train_mode=True):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return stds
