@@ -20,6 +20,9 @@ from .convert import replace_batchnorm
 from . import utils
 from .naive import naive_batchnorm
 from .norms import GroupNorm, LayerNorm, RowNormFunction, group_norm, layer_norm
+from .residual import ResidualBlock
+from .rmsnorm import RMSNorm, RMSNormFunction, rms_norm
+from .weight_standardization import WSConv2d, standardize_weight
 from .utils import recalibrate_bn, run_in_mode
 from .sync_batchnorm import SyncBatchNorm
 from .batch_renorm import BatchRenorm1d, BatchRenorm2d, LinearRamp
@@ -32,7 +35,11 @@ __all__ = [
     "BatchNormFunction",
     "GroupNorm",
     "LayerNorm",
+    "RMSNorm",
+    "RMSNormFunction",
+    "ResidualBlock",
     "RowNormFunction",
+    "WSConv2d",
     "batch_norm",
     "group_norm",
     "layer_norm",
@@ -45,6 +52,8 @@ __all__ = [
     "LinearRamp",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
+    "standardize_weight",
     "replace_batchnorm",
+    "rms_norm",
     "utils",
 ]
