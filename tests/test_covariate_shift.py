@@ -103,6 +103,11 @@ def test_distribution_drift_on_known_values():
     # unit 0 moves by 1 then 2, unit 1 does not move: (1 + 2 + 0 + 0) / 4
     assert cs.distribution_drift(means, stds) == pytest.approx(0.75)
     assert cs.distribution_drift(np.zeros((4, 3)), np.ones((4, 3))) == 0.0
+    # relative: each unit's change divided by its mean std; scaling a network's activations changes nothing
+    m, s = np.array([[0.0, 0.0], [1.0, 4.0]]), np.array([[1.0, 2.0], [1.0, 2.0]])
+    assert cs.distribution_drift(m, s, relative=True) == pytest.approx((1.0 + 2.0) / 2)
+    assert cs.distribution_drift(10 * m, 10 * s, relative=True) == pytest.approx(1.5)
+    assert cs.distribution_drift(m, np.concatenate([s[:, :1], np.zeros((2, 1))], 1), relative=True) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         cs.distribution_drift(np.zeros((1, 3)), np.zeros((1, 3)))
     with pytest.raises(ValueError):

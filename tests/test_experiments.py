@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from torch import nn
+
+import bncourse.nn as bnn
 from bncourse.lab import experiments as ex
 from bncourse.lab.data import load_digits_split
 from bncourse.lab.models import mlp
@@ -100,3 +103,33 @@ def test_shifted_digits(data):
     assert torch.equal(new.y_test, data.y_test)
     with pytest.raises(ValueError):
         ex.shifted_digits(data, n_train=0)
+
+
+def test_eval_and_no_grad_switch_different_things(data):
+    model = mlp(norm="bn", activation="relu", dropout=0.5, seed=0)
+    x, y = data.x_test[:64], data.y_test[:64]
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    r = ex.eval_and_no_grad(model, x, y)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())  # untouched
+    for grad in ("grad", "no_grad"):
+        # the mode decides statistics and dropout, whatever no_grad says
+        assert r[("train", grad)]["stats_updated"] and not r[("train", grad)]["repeatable"]
+        assert not r[("eval", grad)]["stats_updated"] and r[("eval", grad)]["repeatable"]
+    for mode in ("train", "eval"):
+        # no_grad decides only the graph
+        assert r[(mode, "grad")]["graph"] and not r[(mode, "no_grad")]["graph"]
+    with pytest.raises(ValueError):
+        ex.eval_and_no_grad(mlp(norm=None), x, y)
+
+
+def test_eval_normalized_rms_shows_the_unbiased_variance_factor():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), bnn.BatchNorm1d(8))
+    x = torch.randn(4, 5) * 3
+    recalibrate_bn(model, x, batch_size=4)  # running stats from this batch: unbiased variance
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    rms = ex.eval_normalized_rms(model, x)
+    assert rms.shape == (1,) and rms[0] == pytest.approx(np.sqrt(3 / 4), rel=1e-3)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
+    with pytest.raises(ValueError):
+        ex.eval_normalized_rms(nn.Linear(5, 8), x)

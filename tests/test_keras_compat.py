@@ -113,3 +113,13 @@ def test_epoch_orders_are_permutations():
     orders = kc.epoch_orders(10, 3, seed=1)
     assert len(orders) == 3 and all(sorted(o) == list(range(10)) for o in orders)
     assert not np.array_equal(orders[0], orders[1])
+
+
+def test_keras_model_is_built_from_the_article_config_as_data():
+    model = kc.keras_digits_mlp(hidden=16, seed=0)
+    names = [type(layer).__name__ for layer in model.layers]
+    assert names == [name for name, _ in kc.ARTICLE_MODEL["layers"]]
+    assert model.layers[0].units == 16 and kc.ARTICLE_MODEL["layers"][0][1]["units"] == 64  # config untouched
+    assert model.loss == kc.ARTICLE_MODEL["training"]["loss"]
+    with pytest.raises(ValueError, match="Dense"):
+        kc.keras_digits_mlp(config={"layers": [("BatchNormalization", {})], "training": {}})

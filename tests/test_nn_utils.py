@@ -71,6 +71,21 @@ def test_recalibrate_bn_gives_the_exact_statistics_of_the_data(layer):
     torch.testing.assert_close(bn.running_var, z.var(0), rtol=1e-5, atol=1e-5)
 
 
+def test_recalibrate_bn_can_switch_dropout_off():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Dropout(0.5), bnn.BatchNorm1d(4))
+    x = torch.randn(40, 6) * 3 + 1
+    with torch.no_grad():
+        z = model[0](x)
+    recalibrate_bn(model, x, batch_size=40, dropout=False)
+    # dropout off: the statistics are exactly those of the Linear layer's output
+    torch.testing.assert_close(model[2].running_mean, z.mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model[2].running_var, z.var(0), rtol=1e-5, atol=1e-5)
+    assert model.training and model[1].training  # modes restored
+    recalibrate_bn(model, x.repeat(10, 1), batch_size=400)  # default: dropout on, the variance is inflated
+    assert torch.all(model[2].running_var > 1.2 * z.var(0))
+
+
 def test_recalibrate_bn_rejects_bad_input():
     with pytest.raises(ValueError):
         recalibrate_bn(mlp(norm="bn"), torch.randn(10, 64), batch_size=1)

@@ -6,7 +6,7 @@ import torch
 
 from bncourse.lab.data import load_digits_split
 from bncourse.lab.models import mlp
-from bncourse.lab.recording import PercentileRecorder, median_drift, width_change
+from bncourse.lab.recording import LayerPercentiles, PercentileRecorder, median_drift, width_change
 from bncourse.lab.training import train
 
 
@@ -47,3 +47,20 @@ def test_drift_measures():
     assert np.allclose(median_drift(both), [0.0, 2.0])
     with pytest.raises(ValueError, match="shape"):
         median_drift(np.zeros((1, 3)))
+
+
+def test_layer_percentiles_match_one_percentile_recorder_per_layer():
+    data = load_digits_split()
+    model = mlp(norm="bn", seed=0)
+    one = PercentileRecorder(model.act2, data.x_test, every=4)
+    two = PercentileRecorder(model.norm2, data.x_test, every=4)
+    both = LayerPercentiles({"sigmoid": model.act2, "bn": model.norm2, "again": model.act2}, data.x_test, every=4)
+    train(model, data, steps=8, eval_every=8, on_step=lambda s, m: (one(s, m), two(s, m), both(s, m)))
+    assert both.steps == one.steps == [0, 4, 8]
+    np.testing.assert_array_equal(both.values["sigmoid"], one.values)
+    np.testing.assert_array_equal(both.values["bn"], two.values)
+    np.testing.assert_array_equal(both.values["again"], one.values)
+    with pytest.raises(ValueError):
+        LayerPercentiles({}, data.x_test)
+    with pytest.raises(ValueError):
+        LayerPercentiles({"a": model.act1}, data.x_test).values

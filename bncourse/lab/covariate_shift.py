@@ -174,16 +174,21 @@ class InputTracker(ProbeRecorder):
         return np.stack(self._percentiles)
 
 
-def distribution_drift(means: np.ndarray, stds: np.ndarray) -> float:
+def distribution_drift(means: np.ndarray, stds: np.ndarray, *, relative: bool = False) -> float:
     """How much a layer's input distribution moves between consecutive records.
 
     For each unit and each pair of consecutive records, take the change of its mean
     plus the change of its standard deviation, in absolute value; average over units
     and records. It is in the units of the activation, so it compares models only when
     their layers' inputs have comparable scales (after BN, both have std about 1).
+    ``relative=True`` divides each unit's changes by that unit's average standard
+    deviation over the records (its spread), which makes networks whose activations
+    have different scales comparable: a drift of 1 then means the distribution moves
+    by one of its own widths between records.
 
     Args:
         means, stds: ``(T, C)`` arrays, e.g. ``InputTracker.means`` / ``.stds``, T >= 2.
+        relative: measure each unit's drift in units of its own spread.
 
     Returns:
         A float >= 0.
@@ -193,4 +198,11 @@ def distribution_drift(means: np.ndarray, stds: np.ndarray) -> float:
         raise ValueError(
             f"expected means and stds of the same shape (T, C) with T >= 2, got {means.shape} and {stds.shape}"
         )
-    return float(np.mean(np.abs(np.diff(means, axis=0)) + np.abs(np.diff(stds, axis=0))))
+    change = np.abs(np.diff(means, axis=0)) + np.abs(np.diff(stds, axis=0))  # (T - 1, C)
+    if relative:
+        spread = stds.mean(axis=0)
+        alive = spread > 0  # a unit that never varies (a dead ReLU's input can) has no spread to compare with
+        if not alive.any():
+            raise ValueError("expected at least one unit with a non-zero standard deviation for relative=True")
+        change = change[:, alive] / spread[alive]
+    return float(np.mean(change))

@@ -10,8 +10,12 @@ placement and pitfalls need:
 - :func:`batch_size_sweep`: the final accuracy of each normalization at each batch size;
 - :class:`TrainEvalGap`: how far training-mode outputs are from eval-mode ones, over training;
 - :func:`variance_shift`: dropout before BN makes the running variance wrong at test time;
+- :func:`eval_normalized_rms`: the size of each BN layer's normalized values in eval mode
+  (1 would match training; the unbiased running variance makes it about sqrt((M-1)/M));
 - :func:`train_mode_predictions`, :func:`train_mode_accuracy`: a model evaluated in
   training mode, where every prediction depends on the rest of its batch;
+- :func:`eval_and_no_grad`: what ``model.eval()`` and ``torch.no_grad()`` each switch,
+  measured for the four combinations;
 - :func:`shifted_digits`: a brightness/contrast-shifted (and optionally smaller) copy
   of the digits, for fine-tuning on new data.
 
@@ -20,6 +24,7 @@ Everything runs on the CPU in float32 and is deterministic given its ``seed`` ar
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
@@ -30,15 +35,17 @@ from torch import nn
 from .data import DigitsSplit
 from .models import mlp
 from ..nn.utils import batchnorm_modules, run_in_mode
-from .recording import record_activations
+from .recording import record_activations, record_layers
 from .training import train
 
 __all__ = [
     "batch_size_sweep",
     "TrainEvalGap",
     "variance_shift",
+    "eval_normalized_rms",
     "train_mode_predictions",
     "train_mode_accuracy",
+    "eval_and_no_grad",
     "shifted_digits",
 ]
 
@@ -145,6 +152,35 @@ def variance_shift(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     return np.asarray(ratios)
 
 
+@torch.no_grad()
+def eval_normalized_rms(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Per BN layer, the root mean square of its normalized values in eval mode.
+
+    For each BN layer with input ``z`` (recorded in eval mode on ``x``), the normalized
+    value is ``(z - running_mean) / sqrt(running_var + eps)``; its root mean square over
+    ``x`` and the channels is returned. In training mode it is ``sqrt(var / (var + eps))``,
+    just under 1, by construction; in eval mode it is smaller when the running variance
+    is larger than the batch variances the layer trained with, e.g. by the factor
+    ``M / (M - 1)`` of the unbiased running variance at batch size ``M``, and the shrink
+    compounds from layer to layer. The model is left as it was.
+
+    Args:
+        model: a model with BN layers over ``(N, C)`` or ``(N, C, ...)`` inputs.
+        x: inputs ``(N, ...)``.
+
+    Returns:
+        ``(L,)`` float64, one value per BN layer in forward order.
+    """
+    layers = batchnorm_modules(model, required=True)
+    inputs = record_layers(model, x, {str(i): bn for i, bn in enumerate(layers)})
+    out = []
+    for bn, z in zip(layers, inputs.values()):
+        view = (1, -1) + (1,) * (z.dim() - 2)
+        x_hat = (z - bn.running_mean.view(view)) / torch.sqrt(bn.running_var.view(view) + bn.eps)
+        out.append(float(torch.sqrt((x_hat.double() ** 2).mean())))
+    return np.asarray(out)
+
+
 def train_mode_predictions(
     model: nn.Module,
     x: torch.Tensor,
@@ -216,6 +252,48 @@ def train_mode_accuracy(
                                   keep_running_stats=keep_running_stats)
     done = pred >= 0
     return (pred[done] == y[done]).float().mean().item()
+
+
+def eval_and_no_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[tuple[str, str], dict[str, float | bool]]:
+    """Run ``model`` on ``(x, y)`` in the four combinations of mode and gradient tracking.
+
+    ``model.eval()`` / ``model.train()`` switch what the layers compute (BN: running or
+    batch statistics, and whether the running statistics are updated; dropout: off or
+    on); ``torch.no_grad()`` switches only whether autograd records the graph. For each
+    combination, on a deep copy of ``model`` (so the model is left untouched and every
+    combination starts from the same state), two forward passes of ``x`` measure:
+
+    - ``"accuracy"``: accuracy of the first pass's predictions on ``y``;
+    - ``"repeatable"``: the two passes give the same output (dropout off);
+    - ``"stats_updated"``: the forward passes changed a BN running statistic;
+    - ``"graph"``: the output has a ``grad_fn`` (a backward pass is possible, and the
+      tensors it needs are kept in memory).
+
+    Args:
+        model: a classifier with BN (and possibly dropout) layers; x: ``(N, ...)``, N >= 2;
+            y: labels ``(N,)``.
+
+    Returns:
+        ``{(mode, grad): measurements}`` with mode ``"train"``/``"eval"`` and grad
+        ``"grad"``/``"no_grad"``.
+    """
+    batchnorm_modules(model, required=True)
+    if len(x) < 2 or len(x) != len(y):
+        raise ValueError(f"expected x and y of the same length >= 2, got {len(x)} and {len(y)}")
+    out: dict[tuple[str, str], dict[str, float | bool]] = {}
+    for mode in ("train", "eval"):
+        for grad in ("grad", "no_grad"):
+            m = copy.deepcopy(model).train(mode == "train")
+            before = [b.clone() for b in m.buffers()]
+            with torch.set_grad_enabled(grad == "grad"):
+                first, second = m(x), m(x)
+            out[(mode, grad)] = {
+                "accuracy": (first.argmax(1) == y).float().mean().item(),
+                "repeatable": bool(torch.equal(first, second)),
+                "stats_updated": any(not torch.equal(a, b) for a, b in zip(before, m.buffers())),
+                "graph": first.grad_fn is not None,
+            }
+    return out
 
 
 def shifted_digits(

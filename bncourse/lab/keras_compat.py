@@ -9,11 +9,14 @@ same thing under different conventions:
 moving average         ``m * old + (1 - m) * new``,      ``(1 - p) * old + p * new``,
                        ``momentum=0.99``                 ``momentum=0.1``
 epsilon                ``1e-3``                          ``1e-5``
-moving variance        biased batch variance             unbiased, ``var * M / (M - 1)``
+moving variance        biased batch variance (Keras 3)   unbiased, ``var * M / (M - 1)``
 parameters             gamma, beta                       weight, bias
 statistics             moving_mean, moving_variance      running_mean, running_var
 channel axis           last (``axis=-1``)                1
 =====================  ================================  ==============================
+
+(tf.keras 2's fused kernel, its default for 4-D inputs, averages the unbiased variance,
+like PyTorch; only Keras 3 is run here.)
 
 Keras is imported lazily (:func:`import_keras`), so importing this module
 needs neither Keras nor a choice of backend.
@@ -37,6 +40,7 @@ __all__ = [
     "keras_bn_kwargs_from_torch",
     "copy_bn_keras_to_torch",
     "copy_bn_torch_to_keras",
+    "ARTICLE_MODEL",
     "keras_digits_mlp",
     "torch_digits_mlp",
     "copy_keras_mlp_to_torch",
@@ -143,24 +147,40 @@ def copy_bn_torch_to_keras(bn: nn.Module, layer: Any) -> None:
         getattr(layer, k_name).assign(getattr(bn, t_name).detach().cpu().numpy())
 
 
-def keras_digits_mlp(hidden: int = 64, inputs: int = 64, seed: int = 0) -> Any:
-    """``Dense(hidden) -> BatchNormalization() -> ReLU -> Dense(10, softmax)``, compiled.
+#: The popular articles' Keras classifier, written down as data rather than as their code:
+#: the layer stack (Keras layer class name, keyword arguments) and the settings they give
+#: ``compile``. :func:`keras_digits_mlp` builds the model from this description, so what
+#: runs is the articles' model while the code that runs it is the course's own.
+ARTICLE_MODEL: dict[str, Any] = {
+    "layers": [
+        ("Dense", {"units": 64}),
+        ("BatchNormalization", {}),
+        ("Activation", {"activation": "relu"}),
+        ("Dense", {"units": 10, "activation": "softmax"}),
+    ],
+    "training": {"optimizer": "adam", "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]},
+}
 
-    Adam (Keras defaults), sparse categorical cross-entropy, accuracy.
-    Weights are drawn with Keras' own initializers from ``seed``.
+
+def keras_digits_mlp(hidden: int = 64, inputs: int = 64, seed: int = 0, config: dict[str, Any] | None = None) -> Any:
+    """Build and compile the Keras model described by ``config`` (default :data:`ARTICLE_MODEL`).
+
+    ``Dense(hidden) -> BatchNormalization() -> ReLU -> Dense(10, softmax)`` with Adam
+    (Keras defaults), sparse categorical cross-entropy and accuracy; ``hidden`` replaces
+    the first ``Dense`` layer's width. Weights are drawn with Keras' own initializers
+    from ``seed``.
     """
     keras = import_keras()
+    config = ARTICLE_MODEL if config is None else config
+    layers = [(name, dict(kwargs)) for name, kwargs in config["layers"]]
+    if not layers or layers[0][0] != "Dense":
+        raise ValueError(f"expected a layer stack that starts with a Dense layer, got {config['layers']!r}")
+    layers[0][1]["units"] = hidden
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
-        [
-            keras.Input(shape=(inputs,)),
-            keras.layers.Dense(hidden),
-            keras.layers.BatchNormalization(),
-            keras.layers.Activation("relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
+        [keras.Input(shape=(inputs,))] + [getattr(keras.layers, name)(**kwargs) for name, kwargs in layers]
     )
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(**config["training"])
     return model
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "record_activations",
     "ProbeRecorder",
     "PercentileRecorder",
+    "LayerPercentiles",
     "median_drift",
     "width_change",
 ]
@@ -259,6 +260,64 @@ class PercentileRecorder(ProbeRecorder):
         if not self._values:
             raise ValueError("expected at least one recording, got none (was the recorder passed as on_step?)")
         return np.stack(self._values)
+
+
+class LayerPercentiles:
+    """``on_step`` callback: percentiles of every unit of *several* layers, one forward pass per record.
+
+    What :class:`PercentileRecorder` keeps for one module, kept for each module of
+    ``modules`` from a single pass of the probe ``x`` (so watching two layers costs
+    one forward pass, not two). A module may appear under two names.
+
+    Args:
+        modules: name -> submodule of the trained model.
+        x, every, q, train_mode, what: as for :class:`PercentileRecorder`.
+
+    Attributes:
+        steps: the steps recorded (T ints).
+        values: name -> ``(T, C, len(q))`` array, as ``PercentileRecorder.values``.
+    """
+
+    def __init__(
+        self,
+        modules: Mapping[str, nn.Module],
+        x: torch.Tensor,
+        every: int = 20,
+        q: Sequence[float] = (15, 50, 85),
+        train_mode: bool = True,
+        *,
+        what: str = "input",
+    ) -> None:
+        if not modules or not all(isinstance(m, nn.Module) for m in modules.values()):
+            raise ValueError(f"expected a non-empty mapping of names to nn.Modules, got {modules!r:.80}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or len(x) < 2:
+            raise ValueError(f"expected a probe tensor (P, C) with P >= 2, got {x!r:.60}")
+        if not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"expected every to be a positive int, got {every!r}")
+        if not all(0 <= p <= 100 for p in q) or list(q) != sorted(q):
+            raise ValueError(f"expected increasing percentiles in [0, 100], got {q!r}")
+        if what not in _WHAT:
+            raise ValueError(f"expected what='input' or 'output', got {what!r}")
+        self.modules, self.x, self.every, self.q = dict(modules), x, int(every), tuple(q)
+        self.train_mode, self.what = train_mode, what
+        self.steps: list[int] = []
+        self._values: dict[str, list[np.ndarray]] = {name: [] for name in self.modules}
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        if step % self.every:
+            return
+        recorded = record_layers(model, self.x, self.modules, what=self.what, train_mode=self.train_mode)
+        for name, a in recorded.items():
+            # float64 so that percentiles of float32 activations interpolate without rounding
+            self._values[name].append(np.percentile(a.double().numpy(), self.q, axis=0).T)  # (C, len(q))
+        self.steps.append(int(step))
+
+    @property
+    def values(self) -> dict[str, np.ndarray]:
+        """name -> ``(T, C, len(q))``: all recordings stacked."""
+        if not self.steps:
+            raise ValueError("expected at least one recording, got none (was the recorder passed as on_step?)")
+        return {name: np.stack(v) for name, v in self._values.items()}
 
 
 def _check_bands(bands: np.ndarray) -> np.ndarray:

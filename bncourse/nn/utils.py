@@ -96,7 +96,7 @@ def run_in_mode(model: nn.Module, train_mode: bool, *, restore_buffers: bool = T
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256, *, dropout: bool = True) -> nn.Module:
     """Re-estimate every BN layer's running statistics from the data ``x``, in place.
 
     The recipe: reset the running statistics, switch ``momentum`` to None (so they
@@ -104,6 +104,12 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> 
     average dominated by the last few), run ``x`` through the model in training mode in
     batches of ``batch_size`` without gradients, then restore each layer's momentum and
     the model's train/eval mode. Only the BN buffers change; the weights do not.
+
+    ``model.train()`` also switches dropout on, so by default the statistics are those of
+    the training-time network, dropout included (what ``torch.optim.swa_utils.update_bn``
+    does too). ``dropout=False`` runs every dropout layer in eval mode during the pass:
+    the statistics are then those the network sees at test time, which removes the
+    *variance shift* of a BN layer placed after dropout (Li et al., 2019).
 
     With equal batches the running mean is then exactly the mean over ``x`` of the
     layer's input, and the running variance the average of the batches' unbiased
@@ -115,6 +121,7 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> 
             it is smaller than ``batch_size`` (unless it is the only one), so every
             batch weighs the same.
         batch_size: rows per forward pass, >= 2.
+        dropout: leave dropout active during the pass (True) or switch it off (False).
 
     Returns:
         ``model``, for chaining.
@@ -131,6 +138,10 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> 
             bn.momentum = None
         # The point is to change the buffers: restore only the mode.
         with run_in_mode(model, train_mode=True, restore_buffers=False):
+            if not dropout:  # run_in_mode puts every module's mode back on exit
+                for m in model.modules():
+                    if isinstance(m, nn.modules.dropout._DropoutNd):
+                        m.eval()
             n_full = max(len(x) // batch_size, 1)
             for k in range(n_full):
                 model(x[k * batch_size : (k + 1) * batch_size])
