@@ -29,15 +29,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_release(args: argparse.Namespace) -> int:
-    from .grading.release import release
+    from .grading.release import PACKAGE_COPY, AnsweredError, release
 
     paths = _paths()
     solutions = Path(args.solutions) if args.solutions else paths["solutions"]
     out = Path(args.out) if args.out else paths["templates"]
-    changed = release(solutions, out, check=args.check)
+    # The copy inside the package follows the repository's own release, never a custom --out.
+    package_copy = None if args.out else PACKAGE_COPY
+    try:
+        changed = release(solutions, out, check=args.check, force=args.force, package_copy=package_copy)
+    except ValueError as err:  # AnsweredError included: nothing was written
+        print(f"bncourse release: {err}", file=sys.stderr)
+        return 1 if isinstance(err, AnsweredError) else 2
     if args.check:
         if changed:
-            print(f"out of date in {out}: {', '.join(changed)} (run `bncourse release`)", file=sys.stderr)
+            print(f"out of date in {out}: {', '.join(changed)}; `bncourse release` regenerates them "
+                  "(it never overwrites answered notebooks without --force)", file=sys.stderr)
             return 1
         print(f"{out} is up to date with {solutions}", file=sys.stderr)
         return 0
@@ -128,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solutions", help="solution notebooks (default: solutions/)")
     p.add_argument("--out", help="output directory (default: book/exercises/)")
     p.add_argument("--check", action="store_true", help="only report whether the output is up to date")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite notebooks whose answer cells differ from the stubs (their answers are lost)")
     p.set_defaults(func=_cmd_release)
 
     p = sub.add_parser("autograder-zip", help="build a Gradescope autograder bundle")
