@@ -1,6 +1,6 @@
-"""The ``bncourse`` command: exercises for students, grading for instructors.
+"""The bncourse command: exercises for students, grading for instructors.
 
-    bncourse check NOTEBOOK                 run an exercise notebook's public checks (students)
+    bncourse check NOTEBOOK                 the grader's verdict on your public checks (students)
     bncourse grade SUBMISSION... --out DIR  grade notebooks or directories of notebooks (instructors)
     bncourse release                        regenerate book/exercises/ from solutions/
     bncourse autograder-zip --out FILE      build a Gradescope autograder bundle
@@ -9,8 +9,29 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+CHECK_HELP = """Run your answer cells the way the grader does (same sandbox, same time, memory and
+output limits, NumPy only), then the exercise's public checks taken from the released
+notebook inside the package, never from your file: editing a check cannot make it pass.
+
+It prints first what would cost points when graded, then PASS or FAIL for every check with
+the line that failed. Exit status: 0 when everything passed, 1 when something failed,
+2 when the notebook cannot be checked.
+
+examples:
+  bncourse check my-exercises/ex01_forward.ipynb
+  .venv/bin/bncourse check my-exercises/ex07_torch_batchnorm1d.ipynb
+  for nb in my-exercises/ex0*.ipynb; do bncourse check "$nb" | tail -n 1; done
+"""
+
+EPILOG = """examples:
+  bncourse check my-exercises/ex01_forward.ipynb
+  bncourse release --check
+  bncourse grade submissions/* --out results --jobs 2
+"""
 
 __all__ = ["main"]
 
@@ -24,8 +45,7 @@ def _paths():
 def _cmd_check(args: argparse.Namespace) -> int:
     from .grading.check import check_notebook
 
-    templates = Path(args.templates) if args.templates else _paths()["templates"]
-    return check_notebook(args.notebook, templates if templates.is_dir() else None, timeout=args.timeout)
+    return check_notebook(args.notebook, Path(args.templates) if args.templates else None)
 
 
 def _cmd_release(args: argparse.Namespace) -> int:
@@ -102,14 +122,15 @@ def _cmd_autograder_zip(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bncourse", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="bncourse", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="run the public checks of an exercise notebook")
-    p.add_argument("notebook", help="your exercise notebook (.ipynb)")
-    p.add_argument("--templates", help="directory of the released notebooks (default: book/exercises)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up (default 120)")
+    p = sub.add_parser("check", help="the grader's verdict on your exercise's public checks",
+                       description=CHECK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("notebook", help="your exercise notebook (.ipynb), e.g. my-exercises/ex01_forward.ipynb")
+    p.add_argument("--templates", help="directory of released notebooks to take the checks from "
+                   "(default: the copy inside the package)")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("grade", help="grade submissions into Gradescope results.json files")
@@ -151,7 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # `bncourse check ... | head`: the reader left, which is fine
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout again at exit
+        return 1
 
 
 if __name__ == "__main__":
