@@ -448,9 +448,7 @@ class Grader:
             score = 0.0
             for k, case in enumerate(run.cases):
                 s, msg = self._case_result(run, k, case)
-                score += s
-                if self.sandbox.warnings:
-                    msg += "\n[grader] WARNING: graded without the bubblewrap sandbox."
+                score += s  # sandbox warnings go to the top-level output only (issue 14)
                 tests.append({"name": f"{ex.label}: hidden case {k + 1}, {case.name}",
                               "number": f"{ex.number}.{k + 1}", "score": s, "max_score": case.points,
                               "output": msg, "visibility": self.visibility})

@@ -93,7 +93,7 @@ def test_forward_cases_match_torch(grader, seed):
             if step.target in ("batchnorm_forward", "spatial_batchnorm_forward"):
                 x, gamma, beta = (_t(a) for a in args[:3])
                 want = F.batch_norm(x, None, None, gamma, beta, training=True, eps=eps)
-                got = case.expected["out"].value
+                got = next(e for name, e in case.expected.items() if name.startswith("out")).value
             elif step.target == "layernorm_forward":
                 x, gamma, beta = (_t(a) for a in args[:3])
                 want = F.layer_norm(x, tuple(x.shape[1:]), gamma, beta)
