@@ -39,6 +39,47 @@ HIDDEN_END = "### END HIDDEN TESTS"
 PACKAGE_COPY = Path(__file__).with_name("released")
 
 
+# The first code cell of every released notebook: in Colab (or any Jupyter kernel without the
+# course's package) it installs the package from the repository, pinned to the course's version;
+# in the course's environment, and in the grader's sandbox (no ipykernel there), it does nothing.
+INSTALL_CELL = """\
+# Set-up for Colab and other hosted notebooks: installs the course's package `bncourse` when it is
+# missing (the public checks use it). In the course's own environment this cell does nothing.
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("bncourse") is None and "ipykernel" in sys.modules:
+    source = os.environ.get("BNCOURSE_INSTALL_FROM", "bncourse @ git+{repository}@v{version}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source], check=True)
+    importlib.invalidate_caches()"""
+
+
+def course_release_info(root: Path | None = None) -> tuple[str, str]:
+    """``(repository URL, version)`` from the repository's ``_config.yml`` and ``pyproject.toml``."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+    try:
+        config = (root / "_config.yml").read_text(encoding="utf-8")
+        project = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError as err:
+        raise ValueError(f"expected _config.yml and pyproject.toml in {root} ({err})") from None
+    url = re.search(r"^repository:\s*\n(?:\s+.*\n)*?\s+url:\s*(\S+)", config, re.MULTILINE)
+    version = re.search(r'^version\s*=\s*"([^"]+)"', project, re.MULTILINE)
+    if not url or not version:
+        raise ValueError(f"expected repository.url in {root / '_config.yml'} and version in "
+                         f"{root / 'pyproject.toml'}")
+    return url.group(1).rstrip("/"), version.group(1)
+
+
+def install_cell(exercise: Exercise, repository: str, version: str) -> dict[str, Any]:
+    """The set-up cell that installs ``bncourse`` where it is missing (Colab); role ``setup``."""
+    return {"cell_type": "code", "execution_count": None, "id": f"{exercise.id}-install",
+            "metadata": {"bncourse": {"setup": True}}, "outputs": [],
+            "source": INSTALL_CELL.format(repository=repository, version=version)}
+
+
 class AnsweredError(ValueError):
     """Release would overwrite notebooks whose answer cells hold someone's work."""
 
@@ -136,10 +177,17 @@ def _validate(nb: dict[str, Any], exercise: Exercise, where: str) -> None:
             raise ValueError(f"{where}: expected the answer cells to define {name}")
 
 
-def student_notebook(solution: dict[str, Any], exercise: Exercise, where: str = "notebook") -> dict[str, Any]:
-    """The released (student) version of a solution notebook."""
+def student_notebook(solution: dict[str, Any], exercise: Exercise, where: str = "notebook",
+                     release_info: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The released (student) version of a solution notebook.
+
+    ``release_info`` is ``(repository URL, version)`` for the install cell placed before the
+    first code cell (default: :func:`course_release_info` of this repository).
+    """
     _validate(solution, exercise, where)
     nb = copy.deepcopy(solution)
+    first_code = next(i for i, c in enumerate(nb["cells"]) if c.get("cell_type") == "code")
+    nb["cells"].insert(first_code, install_cell(exercise, *(release_info or course_release_info())))
     for index, cell in enumerate(nb["cells"]):
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
