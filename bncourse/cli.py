@@ -4,6 +4,7 @@
     bncourse grade SUBMISSION... --out DIR  grade notebooks or directories of notebooks (instructors)
     bncourse release                        regenerate book/exercises/ from solutions/
     bncourse autograder-zip --out FILE      build a Gradescope autograder bundle
+    bncourse student-kit --out DIR          what the students of a graded class receive
 """
 
 from __future__ import annotations
@@ -121,6 +122,19 @@ def _cmd_autograder_zip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_student_kit(args: argparse.Namespace) -> int:
+    from .grading.kit import write_student_kit
+
+    try:
+        files = write_student_kit(Path(args.out))
+    except ValueError as err:
+        print(f"bncourse student-kit: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(files)} files into {args.out}: exercises/, bncourse/, requirements.txt, README.md "
+          "(no solutions, no hidden cases)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bncourse", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", help="directory of the hidden cases (default: tests/hidden)")
     p.add_argument("--templates", help="directory of the released notebooks (default: book/exercises)")
     p.set_defaults(func=_cmd_autograder_zip)
+
+    p = sub.add_parser("student-kit", help="write what the students of a graded class receive")
+    p.add_argument("--out", required=True, help="a new (or empty) directory")
+    p.set_defaults(func=_cmd_student_kit)
     return parser
 
 

@@ -149,3 +149,32 @@ def test_the_index_page_lists_every_exercise():
     for ex in EXERCISES:
         assert f"]({ex.notebook})" in index, ex.notebook
         assert all(f"`{name}`" in index for name in ex.names), ex.names
+
+
+def test_student_kit_holds_no_solutions_and_checks_work_from_it(tmp_path):
+    kit = tmp_path / "kit"
+    cli = subprocess.run([sys.executable, "-m", "bncourse.cli", "student-kit", "--out", str(kit)],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert sorted(p.name for p in (kit / "exercises").iterdir()) == sorted(ex.notebook for ex in EXERCISES)
+    assert {"README.md", "requirements.txt", "pyproject.toml"} <= {p.name for p in kit.iterdir()}
+    assert not (kit / "bncourse" / "grading" / "references.py").exists()
+    assert not list(kit.rglob("tests")) and not list(kit.rglob("solutions"))
+    assert not (kit / "bncourse" / "nn").exists() and not (kit / "bncourse" / "lab").exists()
+    for ex in EXERCISES:  # the answer cells' solutions do not reach the kit's notebooks
+        solution = "\n".join(cell_source(c) for c in load(ex.id)["cells"] if cell_role(c)[0] == "answer")
+        hidden = [line.strip() for region in solution.split(BEGIN)[1:]
+                  for line in region.split(END)[0].splitlines() if len(line.strip()) > 25]
+        nb = json.loads((kit / "exercises" / ex.notebook).read_text())
+        answers = "\n".join(cell_source(c) for c in nb["cells"] if cell_role(c)[0] == "answer")
+        assert hidden and not [line for line in hidden if line in answers], ex.id
+    # A student of the graded class checks with the kit's own package.
+    where = subprocess.run([sys.executable, "-c", "import bncourse; print(bncourse.__file__)"], cwd=kit,
+                           capture_output=True, text=True, timeout=60)
+    assert where.stdout.startswith(str(kit)), where.stdout
+    stub = subprocess.run([sys.executable, "-m", "bncourse.cli", "check", "exercises/ex01_forward.ipynb"],
+                          cwd=kit, capture_output=True, text=True, timeout=120)
+    assert stub.returncode == 1 and "not implemented yet" in stub.stdout, stub.stdout + stub.stderr
+    again = subprocess.run([sys.executable, "-m", "bncourse.cli", "student-kit", "--out", str(kit)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "has files" in again.stderr
