@@ -60,3 +60,31 @@ def test_lab_installs_versions_from_requirements():
     assert tasks._requirement("jupyterlab").startswith("jupyterlab>=")
     assert tasks._requirement("numpy").startswith("numpy>=")
     assert tasks._reachable("http://127.0.0.1:9/", timeout=1.0) is False  # nothing listens on port 9
+
+
+def _plan(monkeypatch, missing: list[str], reachable: bool) -> list[list[str]]:
+    """The pip commands `lab` would run when ``missing`` modules are absent (nothing is installed)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        import tasks
+    finally:
+        sys.path.remove(str(ROOT))
+    commands: list[list[str]] = []
+    monkeypatch.setattr(tasks, "_missing", lambda python, modules: [m for m in modules if m in missing])
+    monkeypatch.setattr(tasks, "_reachable", lambda url, timeout=3.0: reachable)
+    monkeypatch.setattr(tasks, "_run", commands.append)
+    monkeypatch.setattr(tasks.Path, "exists", lambda self: True)  # the venv's python "exists"
+    tasks.ensure_lab_venv()
+    return commands
+
+
+def test_lab_installs_only_what_is_missing_and_torch_from_the_cpu_index(monkeypatch):
+    assert _plan(monkeypatch, [], reachable=True) == []  # a full environment: nothing to do
+    cpu = _plan(monkeypatch, ["torch", "jupyterlab"], reachable=True)
+    assert "--index-url" in cpu[0] and "https://download.pytorch.org/whl/cpu" in cpu[0]
+    assert any(arg.startswith("torch==") for arg in cpu[0])
+    assert any(arg.startswith("jupyterlab") for arg in cpu[1]) and "-e" in cpu[1]
+    offline = _plan(monkeypatch, ["torch"], reachable=False)
+    assert "--index-url" not in offline[0] and any(arg.startswith("torch==") for arg in offline[0])
+    for command in cpu + offline:  # never the book's toolchain
+        assert not any(arg.startswith(("jupyter-book", "playwright", "-r")) for arg in command), command
