@@ -93,6 +93,13 @@ RAISES = "raises-exception"
 STUB = "# YOUR CODE HERE\n{indent}raise NotImplementedError()"
 
 
+def _marker(stripped: str) -> str:
+    """``### BEGIN SOLUTION`` for nbgrader's marker and otter's ``# BEGIN SOLUTION`` alike."""
+    if stripped.startswith("#") and stripped.lstrip("#").strip() in ("BEGIN SOLUTION", "END SOLUTION"):
+        return "### " + stripped.lstrip("#").strip()
+    return stripped
+
+
 def strip_solutions(source: str, where: str = "cell") -> tuple[str, bool]:
     """Replace each marked region by a stub; returns ``(student source, any stub at top level)``.
 
@@ -104,14 +111,14 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, bool]:
     regions = 0
     for number, line in enumerate(source.split("\n"), start=1):
         stripped = line.strip()
-        if stripped == BEGIN:
+        if _marker(stripped) == BEGIN:
             if inside is not None:
                 raise ValueError(f"{where}, line {number}: expected {END} before another {BEGIN}")
             inside = line[: len(line) - len(line.lstrip())]
             top_level = top_level or inside == ""
             out.append(inside + STUB.format(indent=inside))
             regions += 1
-        elif stripped == END:
+        elif _marker(stripped) == END:
             if inside is None:
                 raise ValueError(f"{where}, line {number}: expected {BEGIN} before {END}")
             inside = None
@@ -162,6 +169,12 @@ def _validate(nb: dict[str, Any], exercise: Exercise, where: str) -> None:
     answers = []
     for index, cell in enumerate(nb["cells"]):
         role, detail = cell_role(cell)
+        nbgrader = cell.get("metadata", {}).get("nbgrader") if isinstance(cell.get("metadata"), dict) else None
+        if cell.get("cell_type") == "code" and role == "other" and isinstance(nbgrader, dict):
+            raise ValueError(
+                f"{where}, cell {index}: nbgrader metadata is not read here; mark the cell with "
+                f'{{"bncourse": {{"answer": "{exercise.id}"}}}} (an answer), {{"bncourse": {{"check": "<what it '
+                'checks>"}} (a public check) or {"bncourse": {"setup": true}} in its metadata instead')
         if cell.get("cell_type") == "code" and role == "other":
             raise ValueError(f"{where}, cell {index}: every code cell needs a bncourse role "
                              "(setup, answer or check) so the grader knows what to do with it")

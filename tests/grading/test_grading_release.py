@@ -178,3 +178,20 @@ def test_student_kit_holds_no_solutions_and_checks_work_from_it(tmp_path):
     again = subprocess.run([sys.executable, "-m", "bncourse.cli", "student-kit", "--out", str(kit)],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "has files" in again.stderr
+
+
+def test_otter_markers_work_and_nbgrader_metadata_gets_one_line(tmp_path):
+    stub, _ = strip_solutions("def f(x):\n    # BEGIN SOLUTION\n    return x\n    # END SOLUTION\n")
+    assert "return x" not in stub and "raise NotImplementedError()" in stub
+    solutions = tmp_path / "solutions"
+    shutil.copytree(PATHS["solutions"], solutions)
+    path = solutions / "ex08_fold.ipynb"
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if cell_role(c)[0] == "check")
+    cell["metadata"] = {"nbgrader": {"grade": True, "grade_id": "fold", "points": 2}}
+    path.write_text(json.dumps(nb))
+    cli = subprocess.run([sys.executable, "-m", "bncourse.cli", "release", "--solutions", str(solutions),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr
+    assert len(cli.stderr.strip().splitlines()) == 1 and "nbgrader metadata" in cli.stderr
+    assert '{"bncourse": {"answer": "ex08"}}' in cli.stderr
