@@ -278,8 +278,29 @@ def _split_location(msg: str, label: str) -> tuple[str, str | None]:
     return msg[:found.start()], where
 
 
-def _detail_lines(text: str) -> list[str]:
+_NUMPY_HEAD = ("Not equal to tolerance", "Arrays are not equal", "Arrays are not almost equal")
+
+
+def _condense(text: str) -> str:
+    """A NumPy assertion as the check's own sentence first, then how far off; index listings dropped."""
     lines = [line.rstrip() for line in str(text).splitlines() if line.strip()]
+    head = next((i for i, line in enumerate(lines) if line.strip().startswith(_NUMPY_HEAD)), None)
+    if head is None:
+        return str(text)
+    sentence = []
+    for line in lines[head + 1:]:
+        if line.strip().startswith(("Mismatched elements", "Max ", "x:", "y:", "(shapes", "First ",
+                                    "Mismatch at")):
+            break
+        sentence.append(line.strip())
+    numbers = [line.strip() for line in lines if line.strip().startswith(("Mismatched elements", "Max "))]
+    kind = lines[0].split(":")[0] if lines[0].rstrip().endswith(":") else "AssertionError"
+    first = f"{kind}: {' '.join(sentence)}" if sentence else kind
+    return "\n".join([first, *numbers, lines[head].strip()])
+
+
+def _detail_lines(text: str) -> list[str]:
+    lines = [line.rstrip() for line in _condense(str(text)).splitlines() if line.strip()]
     if len(lines) > MAX_DETAIL_LINES:
         lines = lines[:MAX_DETAIL_LINES] + [f"... ({len(lines) - MAX_DETAIL_LINES} more lines)"]
     return lines
