@@ -382,7 +382,7 @@ def _check(exercise: Exercise, template: dict, nb: dict, answer_code: str, sandb
     cells.append({"label": "", "role": "internal", "code": ""})  # replaced below, once the path is known
     cells += [c for c in body if c["role"] == "check"]
     run_limits = dataclasses.replace(limits, startup=START_MARGIN)
-    with tempfile.TemporaryDirectory(prefix="bncourse-check-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bncourse-check-", ignore_cleanup_errors=True) as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)
         checklib = _write_checklib(workdir)
