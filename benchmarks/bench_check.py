@@ -18,7 +18,6 @@ pass, so the timing is of a check that works.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import subprocess
 import sys
