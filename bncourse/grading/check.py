@@ -485,7 +485,8 @@ def _report(exercise: Exercise, cells: list[dict[str, str]], result: LaunchResul
         print(f"  (internal: {label} failed; reinstall bncourse if this persists)", file=out)
     unenforced = [name for name, value in (ready.get("limits") or {}).items() if not isinstance(value, list)]
     if kind != "bwrap":
-        note = ("plain process: no time, memory or output limits but the wall clock" if kind == "plain process"
+        note = ("a plain process: the time limit and printed output are checked; memory, CPU-time and "
+                "file limits are not enforced here" if kind == "plain process"
                 else "the grader's fallback sandbox (bubblewrap is not available here)")
         if unenforced:
             note += "; not enforced here: " + ", ".join(unenforced)
