@@ -7,7 +7,8 @@ What runs, and where:
    (``bncourse/grading/released/``), never from the student's file, so an edited check
    cannot pass.
 2. They run in the grader's own sandbox (:func:`~bncourse.grading.sandbox.detect_sandbox`,
-   :meth:`Sandbox.run`) under the grader's limits (time, memory, output): the same
+   remembered for an hour by :mod:`.sandbox_cache`; :meth:`Sandbox.run`) under the grader's
+   limits (time, memory, output): the same
    interpreter environment, where a module the grader does not have cannot be imported.
    The public checks need the course's NumPy references (``bncourse.functional``,
    ``gradcheck``, ``layers``); a copy of those three modules is put on the path only after
@@ -44,7 +45,8 @@ from .exercises import EXERCISES, Exercise
 from .notebooks import (AnswerError, NotebookError, cell_role, cell_source, extract_answers,
                         identify_exercise, read_notebook, strip_magics)
 from .release import PACKAGE_COPY
-from .sandbox import RUNNER, LaunchResult, Limits, Sandbox, detect_sandbox
+from .sandbox import RUNNER, LaunchResult, Limits, Sandbox
+from .sandbox_cache import cached_sandbox, forget
 
 __all__ = ["check_notebook", "check_cells", "answer_imports", "outside_helpers"]
 
@@ -372,8 +374,10 @@ def _check(exercise: Exercise, template: dict, nb: dict, answer_code: str, sandb
     helpers = outside_helpers(answer_code, setup, others)
     imports = answer_imports(strip_magics(answer_code))
     body = check_cells(template, answer_code)
+    mode, remembered = None, False
     if isinstance(sandbox, str):
-        sandbox = detect_sandbox(sandbox) if os.name != "nt" else None
+        mode = sandbox
+        sandbox, remembered = cached_sandbox(mode) if os.name != "nt" else (None, False)
     cells = [_probe_cell(sorted(imports), strict=sandbox is None or os.name == "nt"),
              *[c for c in body if c["role"] == "setup"],
              _print_counter_cell(limits.output_bytes)]
@@ -382,14 +386,28 @@ def _check(exercise: Exercise, template: dict, nb: dict, answer_code: str, sandb
     cells.append({"label": "", "role": "internal", "code": ""})  # replaced below, once the path is known
     cells += [c for c in body if c["role"] == "check"]
     run_limits = dataclasses.replace(limits, startup=START_MARGIN)
+    try:
+        result, kind = _launch(cells, check_index - 1, sandbox, run_limits)
+    except OSError:
+        if not remembered:
+            raise
+        result = None
+    if remembered and (result is None or not any(e.get("ev") == "ready" for e in result.events)):
+        forget()  # the remembered sandbox no longer starts here: choose again, run again
+        sandbox, _ = cached_sandbox(mode)
+        result, kind = _launch(cells, check_index - 1, sandbox, run_limits)
+    return _report(exercise, cells, result, kind, limits, helpers, imports, out)
+
+
+def _launch(cells: list[dict[str, str]], lib_index: int, sandbox: Sandbox | None,
+            limits: Limits) -> tuple[LaunchResult, str]:
     with tempfile.TemporaryDirectory(prefix="bncourse-check-", ignore_cleanup_errors=True) as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)
         checklib = _write_checklib(workdir)
         inside = sandbox.inside(workdir) if sandbox is not None and os.name != "nt" else workdir
-        cells[check_index - 1] = _checklib_cell(str(inside / checklib.relative_to(workdir)))
-        result, kind = _execute(cells, sandbox, run_limits, workdir)
-    return _report(exercise, cells, result, kind, limits, helpers, imports, out)
+        cells[lib_index] = _checklib_cell(str(inside / checklib.relative_to(workdir)))
+        return _execute(cells, sandbox, limits, workdir)
 
 
 def _report(exercise: Exercise, cells: list[dict[str, str]], result: LaunchResult, kind: str, limits: Limits,

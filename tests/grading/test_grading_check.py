@@ -7,6 +7,8 @@ must make ``check`` exit non-zero, and say why first.
 from __future__ import annotations
 
 import io
+import json
+import os
 import subprocess
 import sys
 
@@ -115,3 +117,23 @@ def test_cli_help_examples_and_a_closed_pipe():
     proc.stdout.close()  # like `| head` that has already exited
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
+def test_the_sandbox_choice_is_remembered_and_forgotten_when_it_breaks(tmp_path):
+    """`check` remembers the grader's sandbox choice; a remembered sandbox that no longer starts is
+    detected afresh, and the check still tells the truth."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    cli = [sys.executable, "-m", "bncourse.cli", "check", str(PATHS["solutions"] / "ex08_fold.ipynb")]
+    first = subprocess.run(cli, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    cache = tmp_path / "cache" / "bncourse" / "sandbox.json"
+    record = json.loads(cache.read_text())
+    good_python = record["sandbox"]["python"]
+    record["sandbox"]["python"] = str(tmp_path / "no-such-python")  # the interpreter went away
+    cache.write_text(json.dumps(record))
+    again = subprocess.run(cli, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(cache.read_text())["sandbox"]["python"] == good_python  # chosen afresh
+    stub = subprocess.run([*cli[:-1], str(PATHS["templates"] / "ex08_fold.ipynb")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert stub.returncode == 1  # the remembered sandbox gives the same verdicts
