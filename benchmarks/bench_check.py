@@ -5,12 +5,14 @@
 Each exercise's solution notebook is checked ``--repeats`` times with the command line
 (``python -m bncourse.cli check NOTEBOOK`` in a fresh process, as a student runs it); the
 median wall time is reported, split into its parts measured in one process: start-up and
-imports, picking the sandbox (the grader's own probe), and the sandboxed run itself.
+imports, picking the sandbox afresh (the grader's own probe), and the sandboxed run itself.
+The command remembers its sandbox choice for an hour (``sandbox_cache``), as a student's
+repeated checks do, so after the first run it does not pay the ``sandbox`` column.
 Targets: at most 1 s for the NumPy exercises and 3 s for Exercise 7; the ratio printed is
 target / median (at least 1 meets the target). For scale, the script also times
 ``python -c "import numpy"`` in the same run: a check starts three interpreters that import
-NumPy (the command, the grader's sandbox probe, the sandboxed run), so on a loaded machine
-its wall time is a few times that floor. (CPU time is not a fair substitute: processes in
+NumPy (the command, the sandboxed run, and the probe when the choice is not remembered), so
+on a loaded machine its wall time is a few times that floor. (CPU time is not a fair substitute: processes in
 bubblewrap's PID namespace are not counted in the parent's children times.) Every run must
 pass, so the timing is of a check that works.
 """
