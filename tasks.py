@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""The course's two entry points; each sets up `.venv/` itself first.
+"""The course's entry points; each sets up `.venv/` itself first.
 
+    python3 tasks.py lab    # students: install what the exercises need, copy them into
+                            # my-exercises/ (never overwriting yours) and open JupyterLab there
     python3 tasks.py book   # build the whole book, executing every notebook, into _build/html/
     python3 tasks.py test   # unit tests + nbval over every notebook
 
-Needs only Python 3.11 and pip. The virtual environment is (re)installed when
-requirements.txt or pyproject.toml change; otherwise set-up takes a second.
+Needs only Python 3.10 or newer (3.11 recommended) and pip. `lab` installs only NumPy, the CPU
+build of torch, JupyterLab and `bncourse` (a few hundred MB); `book` and `test` install the whole
+toolchain, a superset, and reinstall it when requirements.txt or pyproject.toml change.
+`python3 tasks.py lab --no-launch` does everything but start JupyterLab.
 Extra arguments after `test` go to pytest (e.g. `python3 tasks.py test -k layers`).
 """
 
@@ -17,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 import venv
 from pathlib import Path
 
@@ -25,6 +30,11 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".bncourse-installed"
 INSTALL_INPUTS = ["requirements.txt", "pyproject.toml"]
+RELEASED = ROOT / "book" / "exercises"
+MY_EXERCISES = ROOT / "my-exercises"
+# What the exercises need (the versions come from requirements.txt, one source of truth).
+LAB_PACKAGES = {"numpy": "numpy", "torch": "torch", "jupyterlab": "jupyterlab"}
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def _digest() -> str:
@@ -93,6 +103,103 @@ def _fresh_execution_cache() -> None:
     CACHE_STAMP.write_text(digest)
 
 
+def _requirement(name: str) -> str:
+    """The line of requirements.txt that pins ``name`` (without its comment), or ``name`` itself."""
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        spec = line.split("#", 1)[0].strip()
+        head = spec.replace(">", "=").replace("<", "=").replace("~", "=").replace("!", "=").split("=", 1)[0]
+        if head.strip().lower() == name:
+            return spec
+    return name
+
+
+def _missing(python: Path, modules: list[str]) -> list[str]:
+    """The modules that ``python`` cannot find (without importing them: torch takes seconds)."""
+    code = ("import importlib.util as u, sys; "
+            "print(' '.join(m for m in sys.argv[1:] if u.find_spec(m) is None))")
+    done = subprocess.run([str(python), "-c", code, *modules], capture_output=True, text=True)
+    return done.stdout.split() if done.returncode == 0 else list(modules)
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return True
+    except Exception:  # no network, DNS, proxy, TLS: use the default index
+        return False
+
+
+def ensure_lab_venv() -> None:
+    """Install what the exercises need into .venv/ when something is missing; a no-op otherwise."""
+    if sys.version_info < (3, 10):
+        sys.exit(f"Python 3.10+ is needed (3.11 recommended), this is {sys.version.split()[0]}")
+    python = BIN / "python"
+    if not python.exists():
+        print(f"Creating the virtual environment in {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    missing = _missing(python, [*LAB_PACKAGES, "bncourse"])
+    if not missing:
+        return
+    started = time.monotonic()
+    print(f"Installing what the exercises need ({', '.join(missing)}) into {VENV}", flush=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    if "torch" in missing:
+        if _reachable(TORCH_CPU_INDEX + "/torch/"):  # the CPU build: no CUDA download on a laptop
+            _run([*pip, _requirement("torch"), "--index-url", TORCH_CPU_INDEX,
+                  "--extra-index-url", "https://pypi.org/simple"])
+        else:
+            print(f"({TORCH_CPU_INDEX} is not reachable; installing torch from the default index)", flush=True)
+            _run([*pip, _requirement("torch")])
+    _run([*pip, _requirement("numpy"), _requirement("jupyterlab"), "-e", "."])
+    print(f"Installed in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def copy_exercises(released: Path = RELEASED, mine: Path = MY_EXERCISES) -> list[str]:
+    """Copy each released exercise notebook into ``mine`` unless a notebook of that name is there.
+
+    Never overwrites: a notebook already in ``mine`` holds the student's work. Returns the names added.
+    """
+    mine.mkdir(exist_ok=True)
+    added = []
+    for source in sorted(released.glob("ex*.ipynb")):
+        target = mine / source.name
+        if target.exists():
+            continue
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, tmp)
+        try:
+            os.link(tmp, target)  # fails if the target appeared meanwhile: still never overwrites
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this file system
+            if not target.exists():
+                os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        added.append(source.name)
+    return added
+
+
+def lab(args: list[str]) -> int:
+    launch = "--no-launch" not in args
+    added = copy_exercises()
+    kept = sorted(p.name for p in MY_EXERCISES.glob("ex*.ipynb") if p.name not in added)
+    if added:
+        print(f"Copied {len(added)} exercise(s) into {MY_EXERCISES.name}/: {', '.join(added)}", flush=True)
+    if kept:
+        print(f"Kept your {len(kept)} notebook(s) in {MY_EXERCISES.name}/ as they are", flush=True)
+    print(f"Work in {MY_EXERCISES.name}/; check an answer with: "
+          f"{BIN.relative_to(ROOT) / 'bncourse'} check {MY_EXERCISES.name}/ex01_forward.ipynb", flush=True)
+    if not launch:
+        return 0
+    cmd = [str(BIN / "jupyter"), "lab", *[a for a in args if a != "--no-launch"]]
+    print("+", " ".join(cmd), f"(in {MY_EXERCISES.name}/; stop it with Ctrl-C)", flush=True)
+    try:
+        return subprocess.run(cmd, cwd=MY_EXERCISES, env=_env()).returncode
+    except KeyboardInterrupt:
+        return 0
+
+
 def book(args: list[str]) -> int:
     started = time.monotonic()
     _fresh_execution_cache()
@@ -112,14 +219,18 @@ def test(args: list[str]) -> int:
     return code
 
 
-COMMANDS = {"book": book, "test": test}
+COMMANDS = {"lab": lab, "book": book, "test": test}
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(__doc__)
         return 2
-    ensure_venv()
+    if argv[0] == "lab":
+        if not os.environ.get("BNCOURSE_LAB_SKIP_INSTALL"):  # set by the test of `lab` only
+            ensure_lab_venv()
+    else:
+        ensure_venv()
     return COMMANDS[argv[0]](argv[1:])
 
 

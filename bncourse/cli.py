@@ -1,16 +1,38 @@
-"""The ``bncourse`` command: exercises for students, grading for instructors.
+"""The bncourse command: exercises for students, grading for instructors.
 
-    bncourse check NOTEBOOK                 run an exercise notebook's public checks (students)
+    bncourse check NOTEBOOK                 the grader's verdict on your public checks (students)
     bncourse grade SUBMISSION... --out DIR  grade notebooks or directories of notebooks (instructors)
     bncourse release                        regenerate book/exercises/ from solutions/
     bncourse autograder-zip --out FILE      build a Gradescope autograder bundle
+    bncourse student-kit --out DIR          what the students of a graded class receive
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+CHECK_HELP = """Run your answer cells the way the grader does (same sandbox, same time, memory and
+output limits, NumPy only), then the exercise's public checks taken from the released
+notebook inside the package, never from your file: editing a check cannot make it pass.
+
+It prints first what would cost points when graded, then PASS or FAIL for every check with
+the line that failed. Exit status: 0 when everything passed, 1 when something failed,
+2 when the notebook cannot be checked.
+
+examples:
+  bncourse check my-exercises/ex01_forward.ipynb
+  .venv/bin/bncourse check my-exercises/ex07_torch_batchnorm1d.ipynb
+  for nb in my-exercises/ex0*.ipynb; do bncourse check "$nb" | tail -n 1; done
+"""
+
+EPILOG = """examples:
+  bncourse check my-exercises/ex01_forward.ipynb
+  bncourse release --check
+  bncourse grade submissions/* --out results --jobs 2
+"""
 
 __all__ = ["main"]
 
@@ -24,20 +46,26 @@ def _paths():
 def _cmd_check(args: argparse.Namespace) -> int:
     from .grading.check import check_notebook
 
-    templates = Path(args.templates) if args.templates else _paths()["templates"]
-    return check_notebook(args.notebook, templates if templates.is_dir() else None, timeout=args.timeout)
+    return check_notebook(args.notebook, Path(args.templates) if args.templates else None)
 
 
 def _cmd_release(args: argparse.Namespace) -> int:
-    from .grading.release import release
+    from .grading.release import PACKAGE_COPY, AnsweredError, release
 
     paths = _paths()
     solutions = Path(args.solutions) if args.solutions else paths["solutions"]
     out = Path(args.out) if args.out else paths["templates"]
-    changed = release(solutions, out, check=args.check)
+    # The copy inside the package follows the repository's own release, never a custom --out.
+    package_copy = None if args.out else PACKAGE_COPY
+    try:
+        changed = release(solutions, out, check=args.check, force=args.force, package_copy=package_copy)
+    except ValueError as err:  # AnsweredError included: nothing was written
+        print(f"bncourse release: {err}", file=sys.stderr)
+        return 1 if isinstance(err, AnsweredError) else 2
     if args.check:
         if changed:
-            print(f"out of date in {out}: {', '.join(changed)} (run `bncourse release`)", file=sys.stderr)
+            print(f"out of date in {out}: {', '.join(changed)}; `bncourse release` regenerates them "
+                  "(it never overwrites answered notebooks without --force)", file=sys.stderr)
             return 1
         print(f"{out} is up to date with {solutions}", file=sys.stderr)
         return 0
@@ -123,15 +151,29 @@ def _cmd_autograder_zip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_student_kit(args: argparse.Namespace) -> int:
+    from .grading.kit import write_student_kit
+
+    try:
+        files = write_student_kit(Path(args.out))
+    except ValueError as err:
+        print(f"bncourse student-kit: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(files)} files into {args.out}: exercises/, bncourse/, requirements.txt, README.md "
+          "(no solutions, no hidden cases)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bncourse", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="bncourse", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="run the public checks of an exercise notebook")
-    p.add_argument("notebook", help="your exercise notebook (.ipynb)")
-    p.add_argument("--templates", help="directory of the released notebooks (default: book/exercises)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up (default 120)")
+    p = sub.add_parser("check", help="the grader's verdict on your exercise's public checks",
+                       description=CHECK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("notebook", help="your exercise notebook (.ipynb), e.g. my-exercises/ex01_forward.ipynb")
+    p.add_argument("--templates", help="directory of released notebooks to take the checks from "
+                   "(default: the copy inside the package)")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("grade", help="grade submissions into Gradescope results.json files")
@@ -160,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solutions", help="solution notebooks (default: solutions/)")
     p.add_argument("--out", help="output directory (default: book/exercises/)")
     p.add_argument("--check", action="store_true", help="only report whether the output is up to date")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite notebooks whose answer cells differ from the stubs (their answers are lost)")
     p.set_defaults(func=_cmd_release)
 
     p = sub.add_parser("autograder-zip", help="build a Gradescope autograder bundle")
@@ -173,12 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", help="directory of the hidden cases (default: tests/hidden)")
     p.add_argument("--templates", help="directory of the released notebooks (default: book/exercises)")
     p.set_defaults(func=_cmd_autograder_zip)
+
+    p = sub.add_parser("student-kit", help="write what the students of a graded class receive")
+    p.add_argument("--out", required=True, help="a new (or empty) directory")
+    p.set_defaults(func=_cmd_student_kit)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # `bncourse check ... | head`: the reader left, which is fine
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout again at exit
+        return 1
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def test_notebook_committed_without_outputs(path):
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     commands = re.findall(r"^python3 tasks\.py \w+$", readme, flags=re.M)
-    assert commands == ["python3 tasks.py book", "python3 tasks.py test"], commands
+    assert commands == ["python3 tasks.py lab", "python3 tasks.py book", "python3 tasks.py test"], commands
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python3 tasks.py test" in ci.splitlines()
 

@@ -28,7 +28,7 @@ def _run(*args, **kwargs):
 def test_check_reports_pass_fail_and_unreadable(tmp_path):
     solved = _run("check", str(PATHS["solutions"] / "ex01_forward.ipynb"))
     assert solved.returncode == 0, solved.stdout + solved.stderr
-    assert "All 5 public checks passed" in solved.stdout and "PASS" in solved.stdout
+    assert "All 8 public checks passed" in solved.stdout and "PASS" in solved.stdout
     stub = _run("check", str(PATHS["templates"] / "ex04_backward_compact.ipynb"))
     assert stub.returncode == 1 and "not implemented yet" in stub.stdout
     # An edited check cannot pass a wrong answer: checks come from the released notebook.

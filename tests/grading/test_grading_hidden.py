@@ -93,7 +93,7 @@ def test_forward_cases_match_torch(grader, seed):
             if step.target in ("batchnorm_forward", "spatial_batchnorm_forward"):
                 x, gamma, beta = (_t(a) for a in args[:3])
                 want = F.batch_norm(x, None, None, gamma, beta, training=True, eps=eps)
-                got = case.expected["out"].value
+                got = next(e for name, e in case.expected.items() if name.startswith("out")).value
             elif step.target == "layernorm_forward":
                 x, gamma, beta = (_t(a) for a in args[:3])
                 want = F.layer_norm(x, tuple(x.shape[1:]), gamma, beta)
@@ -134,9 +134,12 @@ def test_backward_cases_match_autograd(grader, seed):
                 out = F.batch_norm(x, None, None, g, b, training=True, eps=eps)
             out.backward(_t(dout))
             tol = dict(rtol=1e-5, atol=1e-5) if np.asarray(gamma).dtype == np.float32 else dict(rtol=1e-7, atol=1e-8)
-            _close(case.expected["dx"].value, x.grad.numpy(), **tol)
-            _close(case.expected["dgamma"].value, g.grad.numpy(), **tol)
-            _close(case.expected["dbeta"].value, b.grad.numpy(), **tol)
+            checked = 0
+            for name, want in (("dx", x.grad), ("dgamma", g.grad), ("dbeta", b.grad)):
+                if name in case.expected:  # ex04 judges dx and (dgamma, dbeta) in separate cases
+                    _close(case.expected[name].value, want.numpy(), **tol)
+                    checked += 1
+            assert checked, case.name
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -148,7 +151,8 @@ def test_fold_and_eval_cases_match_torch(grader, seed):
         with torch.no_grad():
             y = x @ _t(weight).T + (_t(bias) if bias is not None else 0)
             want = F.batch_norm(y, _t(mean), _t(var), _t(gamma), _t(beta), training=False, eps=eps)
-        got = x.numpy() @ case.expected["weight"].value.T + case.expected["bias"].value
+        w, b = ("weight", "bias") if "weight" in case.expected else ("weight1", "bias1")  # fold twice: the first
+        got = x.numpy() @ case.expected[w].value.T + case.expected[b].value
         _close(got, want.numpy(), rtol=1e-7, atol=1e-7)
     for case, step in _inputs(grader, "ex02", seed):
         if step.target != "batchnorm_eval":
