@@ -54,3 +54,12 @@ def test_every_chapter_in_toc_exists():
         files += [ch["file"] for ch in part.get("chapters", [])]
     for name in files:
         assert any((ROOT / f"{name}{ext}").exists() for ext in (".md", ".ipynb")), name
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*.ipynb")), ids=lambda p: p.name)
+def test_exercises_read_well_outside_the_book(path):
+    """Students open exercises in JupyterLab or Colab, where MyST roles show as raw text."""
+    nb = json.loads(path.read_text())
+    text = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    roles = re.findall(r"\{(?:cite|cite:\w+|doc|ref|numref|eq)\}`[^`]*`", text)
+    assert not roles, f"{path.name}: write these as plain links, they show raw outside the book: {roles}"
