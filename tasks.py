@@ -200,9 +200,53 @@ def lab(args: list[str]) -> int:
         return 0
 
 
+# Chapters whose numbers are timings: they run alone, inside the build, never beside another kernel.
+RUN_ALONE = {"book/performance.ipynb"}
+
+
+def _toc_notebooks() -> list[str]:
+    files = []
+    for line in (ROOT / "_toc.yml").read_text().splitlines():
+        name = line.strip().removeprefix("- ").strip()
+        if name.startswith(("file:", "root:")):
+            path = name.split(":", 1)[1].strip() + ".ipynb"
+            if (ROOT / path).is_file():
+                files.append(path)
+    return files
+
+
+def execute_chapters(args: list[str]) -> int:
+    """(Run by the venv's Python.) Execute the chapters missing from the cache, one per core.
+
+    The book build then finds them in jupyter-cache and only renders them. Each kernel gets one
+    thread, so kernels running side by side do not fight over the cores.
+    """
+    from jupyter_cache import get_cache
+    from jupyter_cache.executors import load_executor
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    cache = get_cache(str(JUPYTER_CACHE))
+    todo = []
+    for path in _toc_notebooks():
+        if path in RUN_ALONE:
+            continue
+        record = cache.add_nb_to_project(str(ROOT / path))
+        try:
+            cache.match_cache_notebook(cache.get_project_notebook(record.pk).nb)
+        except KeyError:
+            todo.append(record.pk)
+    if not todo:
+        return 0
+    result = load_executor("local-parallel", cache=cache).run_and_cache(filter_pks=todo, timeout=600)
+    print(f"Executed {len(result.succeeded)} chapter(s) in parallel; "
+          f"{len(result.excepted) + len(result.errored)} failed and run again in the build", flush=True)
+    return 0
+
+
 def book(args: list[str]) -> int:
     started = time.monotonic()
     _fresh_execution_cache()
+    subprocess.run([str(BIN / "python"), str(ROOT / "tasks.py"), "execute-chapters"], cwd=ROOT, env=_env())
     cmd = [str(BIN / "jupyter-book"), "build", ".", "-W", "-n", "--keep-going", *args]
     print("+", " ".join(cmd), flush=True)
     code = subprocess.run(cmd, cwd=ROOT, env=_env()).returncode
@@ -219,7 +263,7 @@ def test(args: list[str]) -> int:
     return code
 
 
-COMMANDS = {"lab": lab, "book": book, "test": test}
+COMMANDS = {"lab": lab, "book": book, "test": test, "execute-chapters": execute_chapters}
 
 
 def main(argv: list[str]) -> int:

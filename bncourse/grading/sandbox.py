@@ -271,7 +271,8 @@ class Sandbox:
         for entry in sorted(workdir.iterdir()):
             if entry.name == "out":
                 cmd += ["--bind", str(entry), "/sandbox/out"]
-            elif entry.is_file() and not entry.is_symlink():
+            elif not entry.is_symlink() and (entry.is_file() or entry.is_dir()):
+                # read-only: the runner, plan, inputs (and `check`'s reference modules)
                 cmd += ["--ro-bind", str(entry), f"/sandbox/{entry.name}"]
         cmd += ["--remount-ro", "/", "--chdir", "/sandbox", "--clearenv"]
         for key, value in {**BASE_ENV, "HOME": "/sandbox"}.items():
