@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -410,6 +411,12 @@ def _launch(cells: list[dict[str, str]], lib_index: int, sandbox: Sandbox | None
         return _execute(cells, sandbox, limits, workdir)
 
 
+def _cpu_limit_hit(result: LaunchResult) -> bool:
+    """The kernel ended the run at RLIMIT_CPU (SIGXCPU; bubblewrap reports it as 128 + signal)."""
+    xcpu = getattr(signal, "SIGXCPU", None)  # not on Windows, where no CPU limit is set
+    return xcpu is not None and result.returncode in (-xcpu, 128 + xcpu)
+
+
 def _report(exercise: Exercise, cells: list[dict[str, str]], result: LaunchResult, kind: str, limits: Limits,
             helpers: list[str], imports: dict[str, int], out: TextIO) -> int:
     events = {e["index"]: e for e in result.events if e.get("ev") == "cell" and isinstance(e.get("index"), int)}
@@ -439,7 +446,7 @@ def _report(exercise: Exercise, cells: list[dict[str, str]], result: LaunchResul
                          "stops the exercise there (remove the prints from your functions)")
         elif result.killed == "disk":
             costs.append(f"your code wrote more than {limits.disk_mb} MB of files{where}")
-        elif result.killed:
+        elif result.killed or _cpu_limit_hit(result):
             costs.append(f"stopped after {result.seconds:.1f} s{where}: the grader stops an exercise after "
                          f"{limits.timeout:g} s for all its hidden cases (an infinite loop, or Python loops "
                          "over large arrays?)")

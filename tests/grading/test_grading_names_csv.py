@@ -45,8 +45,9 @@ def graded(grader, tmp_path_factory):
         folder.mkdir()
         for name, source in files.items():
             shutil.copyfile(source, folder / name)
-    write_nb(second / "partial.ipynb", mutate("ex03", [("dxc = dxhat * istd + dvar * 2.0 * xc / n",
-                                                        "dxc = dxhat * istd")]))
+    # A wrong dbeta: 6 of the 7 values of each "other nodes" case (a quarter of the points) pass.
+    write_nb(second / "partial.ipynb", mutate("ex03", [("dbeta = dout.sum(axis=0)",
+                                                        "dbeta = 2.0 * dout.sum(axis=0)")]))
     evil = second / "evil_dir"
     evil.mkdir()
     shutil.copyfile(SOLUTION, evil / "ex01_forward.ipynb")
@@ -111,13 +112,14 @@ def test_grades_csv_has_one_safe_row_per_student_from_both_batches(graded):
 
 def test_scores_are_rounded_once_to_two_decimals(graded):
     results = results_of(graded["out"], "partial")
-    assert results["score"] == 8.0  # 7/9 of some cases: each case rounded first would give 8.0001 or 7.99
+    # 10 - 2.5/7 = 9.642857...: rounded once, on the total (not each case's sevenths first)
+    assert results["score"] == 9.64
     scores = [results["score"], *(t["score"] for t in results["tests"]),
               *(v["score"] for v in results["extra_data"]["bncourse"]["exercises"].values())]
     assert all(round(s, 2) == s for s in scores), scores
     assert round(sum(t["score"] for t in results["tests"]), 6) == results["score"]
     text = (graded["out"] / "grades.csv").read_text(encoding="utf-8")
-    assert "\npartial,8,10," in text
+    assert "\npartial,9.64,10," in text
     assert not re.search(r"\d\.\d{3}", text)
 
 
