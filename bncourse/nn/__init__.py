@@ -13,7 +13,7 @@ from .batchnorm import (
     BatchNormFunction,
     batch_norm,
 )
-from .convert import replace_batchnorm
+from .convert import fuser_method_mapping, replace_batchnorm
 from . import utils
 from .naive import naive_batchnorm
 from .norms import GroupNorm, LayerNorm, RowNormFunction, group_norm, layer_norm
@@ -28,6 +28,7 @@ __all__ = [
     "LayerNorm",
     "RowNormFunction",
     "batch_norm",
+    "fuser_method_mapping",
     "group_norm",
     "layer_norm",
     "naive_batchnorm",
