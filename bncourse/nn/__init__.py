@@ -14,6 +14,7 @@ from .batchnorm import (
     batch_norm,
 )
 from .convert import fuser_method_mapping, replace_batchnorm
+from .fused import FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d, fused_available, fused_batch_norm
 from . import utils
 from .naive import naive_batchnorm
 from .norms import GroupNorm, LayerNorm, RowNormFunction, group_norm, layer_norm
@@ -24,11 +25,16 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "BatchNormFunction",
+    "FusedBatchNorm1d",
+    "FusedBatchNorm2d",
+    "FusedBatchNorm3d",
     "GroupNorm",
     "LayerNorm",
     "RowNormFunction",
     "batch_norm",
     "fuser_method_mapping",
+    "fused_available",
+    "fused_batch_norm",
     "group_norm",
     "layer_norm",
     "naive_batchnorm",

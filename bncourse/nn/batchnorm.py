@@ -80,6 +80,20 @@ def _channel_sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.sum(dims)
 
 
+def _channel_sum_of_squares(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``(t ** 2)`` summed over every axis but 1, ``(C,)``.
+
+    For contiguous layouts ``torch.linalg.vector_norm`` squares and adds in one
+    read, with no ``t ** 2`` tensor in memory; channels-last rows reduce faster
+    as an in-place square and a row sum.
+    """
+    if t.dim() > 2 and t.is_contiguous():
+        return torch.linalg.vector_norm(t.view(t.shape[0], t.shape[1], -1), dim=2).square_().sum(0)
+    if t.dim() == 2 and t.is_contiguous():
+        return torch.linalg.vector_norm(t, dim=0).square_()
+    return _channel_sum(t.square_(), dims)
+
+
 def _forward_inplace(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
     """The fast training forward: two-pass statistics, the output written once.
 
@@ -90,10 +104,10 @@ def _forward_inplace(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps:
     xs = x.to(_compute_dtype(x))
     # Per-channel (C,) results are scaled in place, sparing tiny allocations.
     mean = _channel_sum(xs, dims).mul_(1.0 / m)
-    # `out` starts as the centered input, then holds its squares (for the
-    # variance), and finally the output: one big allocation instead of three.
+    # `out` starts as the centered input (for the variance), then holds the
+    # output: one big allocation instead of two.
     out = xs - mean.view(shape)
-    var = _channel_sum(out.square_(), dims).mul_(1.0 / m)
+    var = _channel_sum_of_squares(out, dims).mul_(1.0 / m)
     inv_std = var.add(eps).rsqrt_()
     # out = gamma * (x - mean) * inv_std + beta = x * alpha + shift, per channel.
     alpha = inv_std if weight is None else inv_std * weight
@@ -318,6 +332,24 @@ def batch_norm(
             evaluation without running statistics, exactly one value per
             channel in training, or ``eps <= 0`` in training (as torch).
     """
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+# The training Function of each path: ``bncourse.nn.fused`` adds its own under True.
+_TRAINING_FUNCTIONS: dict[bool, type[torch.autograd.Function]] = {}
+
+
+def _batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    fused: bool = False,
+) -> Tensor:
     _check_batch_norm_args(input, running_mean, running_var, weight, bias)
     dims, shape, m = _layout(input)
     if training:
@@ -338,7 +370,8 @@ def batch_norm(
                 _update_running(running_mean, mean.detach(), momentum)
                 _update_running(running_var, var.detach() * (m / (m - 1)), momentum)
             return out
-        out, _, _ = BatchNormFunction.apply(input, weight, bias, eps, running_mean, running_var, momentum)
+        function = _TRAINING_FUNCTIONS[fused]
+        out, _, _ = function.apply(input, weight, bias, eps, running_mean, running_var, momentum)
         return out
     if running_mean is None or running_var is None:
         raise ValueError(
@@ -410,6 +443,7 @@ def _module_forward(
     training: bool,
     momentum: float | None,
     eps: float,
+    fused: bool = False,
 ) -> Tensor:
     """What ``_BatchNorm.forward`` does, as one function ``torch.fx`` records as a single call."""
     if not isinstance(input, Tensor):
@@ -431,7 +465,7 @@ def _module_forward(
         if momentum is None:  # cumulative moving average
             factor = 1.0 / float(num_batches_tracked)
     update = not training or num_batches_tracked is not None
-    return batch_norm(
+    return _batch_norm(
         input,
         running_mean if update else None,
         running_var if update else None,
@@ -440,7 +474,11 @@ def _module_forward(
         use_batch_stats,
         factor,
         eps,
+        fused,
     )
+
+
+_TRAINING_FUNCTIONS[False] = BatchNormFunction
 
 
 class _BatchNorm(nn.Module):
@@ -459,6 +497,7 @@ class _BatchNorm(nn.Module):
     __constants__ = ["num_features", "eps", "momentum", "affine", "track_running_stats"]
     _accepted_dims: tuple[int, ...] = ()
     _layout_name = ""
+    _fused = False  # True in bncourse.nn.fused's layers
 
     def __init__(
         self,
@@ -554,6 +593,7 @@ class _BatchNorm(nn.Module):
             self.training,
             self.momentum,
             self.eps,
+            self._fused,
         )
 
     def _forward_scripted(self, input: Tensor) -> Tensor:
