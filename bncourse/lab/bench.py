@@ -20,6 +20,7 @@ from torch import nn
 from .. import functional as F_np
 from ..fold import fold_batchnorm
 from ..nn import BatchNorm1d, BatchNorm2d, naive_batchnorm
+from ..nn.fused import FusedBatchNorm1d, FusedBatchNorm2d, fused_available
 
 __all__ = [
     "time_interleaved",
@@ -30,7 +31,11 @@ __all__ = [
     "numpy_backward_cases",
     "saved_bytes_report",
     "folding_cases",
+    "layer_cases",
+    "roofline_passes",
     "NATIVE",
+    "FUSED",
+    "COPY",
     "OURS",
     "NAIVE",
     "NUMPY",
@@ -40,6 +45,8 @@ NATIVE = "torch.nn (native kernel)"
 OURS = "bncourse.nn (compact backward)"
 NAIVE = "naive (autograd over ops)"
 NUMPY = "NumPy core (bncourse.functional)"
+FUSED = "bncourse.nn.fused (Numba kernels)"
+COPY = "x.clone() (memory bandwidth)"
 
 
 def time_interleaved(
@@ -260,3 +267,71 @@ def folding_cases(
         return run
 
     return {"conv + bn": infer(unfolded), "folded conv": infer(folded)}
+
+
+def roofline_passes(mode: str) -> int:
+    """Full-tensor memory passes (reads + writes) the least a layer can make, per ``mode``.
+
+    ``"train"``: forward + backward that keeps only ``x``: statistics (read
+    ``x``), output (read ``x``, write ``out``), gradient sums (read ``x`` and
+    ``dout``), input gradient (read ``x`` and ``dout``, write ``dx``): 8.
+    ``"eval"``: read ``x``, write ``out``: 2. A ``clone`` is 2 passes, so the
+    roofline time is ``passes / 2`` clone times.
+    """
+    passes = {"train": 8, "eval": 2}
+    if mode not in passes:
+        raise ValueError(f"expected mode 'train' or 'eval', got {mode!r}")
+    return passes[mode]
+
+
+def layer_cases(
+    shape: tuple[int, ...],
+    mode: str = "train",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> dict[str, Callable[[], object]]:
+    """Zero-argument callables running one layer step on the same ``x`` (``(N, C)`` or ``(N, C, H, W)``).
+
+    Keys :data:`NATIVE` (``torch.nn``), :data:`OURS` (``bncourse.nn``),
+    :data:`FUSED` (``bncourse.nn.fused``, only where Numba is installed) and
+    :data:`COPY` (``x.clone()``, which reads and writes the tensor once: the
+    yardstick for memory bandwidth). ``mode="train"``: forward + backward in
+    training mode, returning ``x``'s gradient; ``"eval"``: an evaluation
+    forward under ``torch.no_grad()``, returning the output.
+    ``memory_format=torch.channels_last`` stores ``x`` and ``dout`` channels-last.
+    """
+    if len(shape) not in (2, 4):
+        raise ValueError(f"expected a 2-D (N, C) or 4-D (N, C, H, W) shape, got {shape}")
+    if mode not in ("train", "eval"):
+        raise ValueError(f"expected mode 'train' or 'eval', got {mode!r}")
+    gen = torch.Generator().manual_seed(seed)
+    c, two_d = shape[1], len(shape) == 4
+    x = (torch.randn(shape, generator=gen, dtype=dtype) * 2 + 1).contiguous(memory_format=memory_format)
+    dout = torch.randn(shape, generator=gen, dtype=dtype).contiguous(memory_format=memory_format)
+    classes = {NATIVE: nn.BatchNorm2d if two_d else nn.BatchNorm1d, OURS: BatchNorm2d if two_d else BatchNorm1d}
+    if fused_available():
+        classes[FUSED] = FusedBatchNorm2d if two_d else FusedBatchNorm1d
+    layers = {name: cls(c, dtype=dtype).train(mode == "train") for name, cls in classes.items()}
+    if mode == "eval":
+        with torch.no_grad():
+            for layer in layers.values():  # some running statistics to use
+                layer.running_mean.uniform_(-1, 1)
+                layer.running_var.uniform_(0.5, 2)
+    x_train = x.clone().requires_grad_(mode == "train")
+
+    def case(layer: nn.Module) -> Callable[[], torch.Tensor]:
+        def train() -> torch.Tensor:
+            x_train.grad = None
+            layer(x_train).backward(dout)
+            return x_train.grad
+
+        def evaluate() -> torch.Tensor:
+            with torch.no_grad():
+                return layer(x)
+
+        return train if mode == "train" else evaluate
+
+    cases = {name: case(layer) for name, layer in layers.items()}
+    cases[COPY] = x.clone
+    return cases
