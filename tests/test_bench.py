@@ -81,3 +81,21 @@ def test_reduction_cases_agree():
     torch.testing.assert_close(variances[0], variances[1], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="4-D"):
         bench.reduction_cases((4, 3))
+
+
+@pytest.mark.parametrize("shape,fmt", [((40, 3), torch.contiguous_format), ((4, 3, 2, 2), torch.channels_last)])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_layer_cases_compute_the_same_thing(shape, fmt, mode):
+    cases = bench.layer_cases(shape, mode, memory_format=fmt, dtype=torch.float64)
+    native = cases[bench.NATIVE]().clone()
+    for name in (bench.OURS, bench.FUSED):
+        if name in cases:
+            torch.testing.assert_close(cases[name](), native, rtol=1e-10, atol=1e-10)
+    assert cases[bench.COPY]().shape == shape
+    assert (bench.FUSED in cases) == bench.fused_available()
+
+
+def test_roofline_passes():
+    assert bench.roofline_passes("train") == 8 and bench.roofline_passes("eval") == 2
+    with pytest.raises(ValueError, match="mode"):
+        bench.roofline_passes("infer")

@@ -314,10 +314,12 @@ def layer_cases(
         classes[FUSED] = FusedBatchNorm2d if two_d else FusedBatchNorm1d
     layers = {name: cls(c, dtype=dtype).train(mode == "train") for name, cls in classes.items()}
     if mode == "eval":
+        running_mean = torch.rand(c, generator=gen, dtype=dtype) * 2 - 1  # some statistics to use
+        running_var = torch.rand(c, generator=gen, dtype=dtype) + 0.5
         with torch.no_grad():
-            for layer in layers.values():  # some running statistics to use
-                layer.running_mean.uniform_(-1, 1)
-                layer.running_var.uniform_(0.5, 2)
+            for layer in layers.values():
+                layer.running_mean.copy_(running_mean)
+                layer.running_var.copy_(running_var)
     x_train = x.clone().requires_grad_(mode == "train")
 
     def case(layer: nn.Module) -> Callable[[], torch.Tensor]:
