@@ -1,8 +1,11 @@
 """``bncourse.nn``: normalization layers for PyTorch, written from scratch.
 
-Drop-in replacements for ``torch.nn.BatchNorm1d/2d/3d``, ``LayerNorm`` and
-``GroupNorm`` whose backward passes are the hand-derived compact formulas
-(``torch.autograd.Function``), a naive autograd version for comparison, and
+``BatchNorm1d/2d/3d`` that can replace ``torch.nn``'s (the tests compare them on
+values, first- and second-order gradients, mixed precision, checkpointing,
+``torch.func``, tracing, export and scripting), ``LayerNorm`` and ``GroupNorm``
+with torch's arguments, all with the hand-derived compact backward
+(``torch.autograd.Function``); ``FusedBatchNorm*d`` with compiled training
+passes (Numba, optional); a naive autograd version for comparison; and
 :func:`replace_batchnorm` to put the course's layer into any torch model.
 """
 
