@@ -37,15 +37,21 @@ ROW_CHUNK = 64  # rows merged at once in the rows layout: 64 * C values stay in 
 def stats_planes(x, c0, c1, mean, m2):
     """Channels ``c0:c1`` of ``x`` (``(A, C, B)``): mean and sum of squared deviations into ``mean``, ``m2`` (float64)."""
     a_size, _, b_size = x.shape
-    scratch = np.empty(1, x.dtype)  # rounds the chunk mean to x's dtype, so the loops stay in it
+    scratch = np.zeros(1, x.dtype)  # rounds the chunk mean to x's dtype, so the loops stay in it
+    zero = scratch[0]
     for c in range(c0, c1):
         count, mu, acc = 0.0, 0.0, 0.0
         for a in range(a_size):
-            plane = x[a, c]
-            scratch[0] = plane.sum() / b_size  # a contiguous run: vectorized
+            plane = x[a, c]  # a contiguous run: both loops vectorize
+            s = zero
+            for b in range(b_size):
+                s += plane[b]
+            scratch[0] = s / b_size
             chunk_mean = scratch[0]
-            d = plane - chunk_mean
-            q = (d * d).sum()
+            q = zero
+            for b in range(b_size):
+                d = plane[b] - chunk_mean
+                q += d * d
             delta = chunk_mean - mu
             total = count + b_size
             mu += delta * b_size / total
@@ -111,13 +117,14 @@ def grad_sums_planes(dout, x, mean, c0, c1, dbeta, dot):
     ``mean`` comes in ``x``'s dtype, so the inner loops stay in that dtype and vectorize.
     """
     a_size, b_size = x.shape[0], x.shape[2]
+    zero = np.zeros(1, x.dtype)[0]  # the sums stay in x's dtype and vectorize
     for c in range(c0, c1):
         mu = mean[c]
         total_d, total_dx = 0.0, 0.0
         for a in range(a_size):
             g, v = dout[a, c], x[a, c]
-            sd = g[0] - g[0]  # 0 in x's dtype: the loop stays in it and vectorizes
-            sdx = sd
+            sd = zero
+            sdx = zero
             for b in range(b_size):
                 sd += g[b]
                 sdx += g[b] * (v[b] - mu)

@@ -94,25 +94,6 @@ def _channel_sum_of_squares(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return _channel_sum(t.square_(), dims)
 
 
-def _channel_dot(a: Tensor, b: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """``(a * b)`` summed over every axis but 1, ``(C,)``, without an ``a * b`` tensor where torch allows.
-
-    Contiguous ``(N, C, L)``: one batched matrix-vector product per ``(n, c)``
-    row, then a sum over ``N``; ``(N, C)``: ``einsum``. Other layouts
-    (channels-last, where a batched product would copy) multiply in place into
-    ``a``, which the caller gives up. Autocast is off so the dot stays in ``a``'s dtype.
-    """
-    if a.is_contiguous() and b.is_contiguous() and a.dim() > 2:
-        n, c = a.shape[:2]
-        with torch.autocast(a.device.type, enabled=False):
-            rows = torch.matmul(a.view(n, c, 1, -1), b.view(n, c, -1, 1))
-        return rows.view(n, c).sum(0)
-    if a.dim() == 2 and a.is_contiguous() and b.is_contiguous():
-        with torch.autocast(a.device.type, enabled=False):
-            return torch.einsum("nc,nc->c", a, b)
-    return _channel_sum(a.mul_(b), dims)
-
-
 def _forward_inplace(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
     """The fast training forward: two-pass statistics, the output written once.
 
@@ -161,7 +142,7 @@ def _backward_inplace(dout: Tensor, x: Tensor, weight: Tensor | None, mean: Tens
     # dbeta = sum(dout); dgamma = sum(dout * x_hat) = inv_std * sum(dout * (x - mean)).
     dbeta = _channel_sum(dout, dims)
     buf = xs - mean.view(shape)
-    dgamma = _channel_dot(buf, dout, dims).mul_(inv_std)
+    dgamma = _channel_sum(buf.mul_(dout), dims).mul_(inv_std)
     dx = None
     if need_x:
         # The compact formula, with x_hat = (x - mean) * inv_std written
