@@ -8,9 +8,10 @@ Part 1 (every case, one run): training forward + backward on contiguous
 and the evaluation forward, each timed for ``torch.nn``, ``bncourse.nn`` and
 ``bncourse.nn.fused`` (where Numba is installed), printed as ratios to
 ``torch.nn``. The roofline column is the least time the layer could take on
-this machine: the full-tensor passes it must make (8 for training, 2 for
-evaluation; see ``bench.roofline_passes``) times the bytes of ``x``, over the
-bandwidth a ``clone`` of ``x`` achieves in the same run.
+this machine: the full-tensor reads and writes it must make (6 and 2 for
+training, 1 and 1 for evaluation; see ``bench.roofline_passes``) at the read
+bandwidth of ``x.sum()`` and the read + write bandwidth of ``x.clone()``,
+measured on the same tensor in the same run.
 
 Part 2 (skipped with ``--quick``): the naive autograd version and the NumPy
 core, the two NumPy backward passes, and inference with batch norm folded
@@ -47,18 +48,19 @@ def layer_table(repeats: int) -> None:
         cases = bench.layer_cases(shape, mode, memory_format=fmt)
         times = bench.time_interleaved(cases, repeats=repeats)
         native, clone = times[bench.NATIVE], times[bench.COPY]
-        roofline = bench.roofline_passes(mode) / 2 * clone
+        roofline = bench.roofline_time(mode, times[bench.READ], clone)
         fused_ratio = f"{times[bench.FUSED] / native:6.2f}x" if bench.FUSED in times else "   n/a"
         print(
             f"{label + ' ' + str(shape):38s} {native * 1e3:9.2f} {times[bench.OURS] / native:11.2f}x "
             f"{fused_ratio} {roofline / native:8.2f}x {native / clone:9.1f}"
         )
-    x_bytes = 64 * 64 * 32 * 32 * 4
-    clone = bench.time_interleaved({"clone": torch.randn(64, 64, 32, 32).clone}, repeats=repeats)["clone"]
+    x = torch.randn(64, 64, 32, 32)
+    t = bench.time_interleaved({"read": x.sum, "copy": x.clone}, repeats=repeats)
+    x_bytes = x.numel() * x.element_size()
     print(
-        f"\nroofline: training moves >= 8 x bytes(x), evaluation 2 x; a clone moves 2 x. "
-        f"Measured copy bandwidth: {2 * x_bytes / clone / 1e9:.1f} GB/s "
-        f"(clone of a 16 MiB tensor, {clone * 1e3:.2f} ms). Fused path: {fused}."
+        f"\nroofline: training reads >= 6 x bytes(x) and writes 2 x, evaluation 1 and 1. "
+        f"Measured on a 16 MiB tensor: read {x_bytes / t['read'] / 1e9:.1f} GB/s (x.sum()), "
+        f"read + write {2 * x_bytes / t['copy'] / 1e9:.1f} GB/s (x.clone()). Fused path: {fused}."
     )
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """bncourse.nn against torch.nn on a CUDA GPU: correctness first, then speed ratios.
 
-    python benchmarks/gpu_check.py [--repeats 50]
+    python benchmarks/gpu_check.py [--repeats 50] [--device cuda]
+
+``--device cpu`` runs the correctness checks only, on the CPU (a dry run of
+the script where there is no GPU; CPU autocast uses bfloat16 only).
 
 Meant for one short run on a GPU machine (well under 3 minutes on one
 H100); CI has no GPU and never runs it. Checks, each against torch.nn on
@@ -39,7 +42,8 @@ DEVICE = torch.device("cuda")
 def check(name: str, fn) -> None:
     start = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
     print(f"ok   {name} ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
@@ -102,7 +106,7 @@ def autocast(dtype: torch.dtype) -> None:
     x = torch.randn(64, 3, 16, 16, device=DEVICE)
     results = []
     for model in (ours, ref):
-        with torch.autocast("cuda", dtype=dtype):
+        with torch.autocast(DEVICE.type, dtype=dtype):
             out = model(x)
         out.float().square().mean().backward()
         results.append((out, [p.grad for p in model.parameters()]))
@@ -174,19 +178,25 @@ def speed(repeats: int) -> None:
 
 
 def main() -> None:
+    global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run of the checks")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         sys.exit(0)
-    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")
+    name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU (dry run)"
+    print(f"torch {torch.__version__} on {name}")
     check("training steps and eval, float32/float64, 1d/2d/3d, channels-last", steps)
     check("double backward (gradient penalty), float64", double_backward)
-    check("autocast float16 conv model", lambda: autocast(torch.float16))
+    if DEVICE.type == "cuda":
+        check("autocast float16 conv model", lambda: autocast(torch.float16))
     check("autocast bfloat16 conv model", lambda: autocast(torch.bfloat16))
     check("model.half() with 70,000 values per channel", half_model)
-    speed(args.repeats)
+    if DEVICE.type == "cuda":
+        speed(args.repeats)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,9 @@ def test_layer_cases_compute_the_same_thing(shape, fmt, mode):
     assert (bench.FUSED in cases) == bench.fused_available()
 
 
-def test_roofline_passes():
-    assert bench.roofline_passes("train") == 8 and bench.roofline_passes("eval") == 2
+def test_roofline():
+    assert bench.roofline_passes("train") == (6, 2) and bench.roofline_passes("eval") == (1, 1)
+    assert bench.roofline_time("train", read_time=1.0, copy_time=3.0) == 6 + 2 * 2
+    assert bench.roofline_time("eval", read_time=1.0, copy_time=3.0) == 3.0
     with pytest.raises(ValueError, match="mode"):
         bench.roofline_passes("infer")

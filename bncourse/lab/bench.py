@@ -33,6 +33,8 @@ __all__ = [
     "folding_cases",
     "layer_cases",
     "roofline_passes",
+    "roofline_time",
+    "READ",
     "NATIVE",
     "FUSED",
     "COPY",
@@ -46,7 +48,8 @@ OURS = "bncourse.nn (compact backward)"
 NAIVE = "naive (autograd over ops)"
 NUMPY = "NumPy core (bncourse.functional)"
 FUSED = "bncourse.nn.fused (Numba kernels)"
-COPY = "x.clone() (memory bandwidth)"
+COPY = "x.clone() (read + write bandwidth)"
+READ = "x.sum() (read bandwidth)"
 
 
 def time_interleaved(
@@ -269,19 +272,28 @@ def folding_cases(
     return {"conv + bn": infer(unfolded), "folded conv": infer(folded)}
 
 
-def roofline_passes(mode: str) -> int:
-    """Full-tensor memory passes (reads + writes) the least a layer can make, per ``mode``.
+def roofline_passes(mode: str) -> tuple[int, int]:
+    """``(reads, writes)`` of full tensors the least a layer can make, per ``mode``.
 
     ``"train"``: forward + backward that keeps only ``x``: statistics (read
     ``x``), output (read ``x``, write ``out``), gradient sums (read ``x`` and
-    ``dout``), input gradient (read ``x`` and ``dout``, write ``dx``): 8.
-    ``"eval"``: read ``x``, write ``out``: 2. A ``clone`` is 2 passes, so the
-    roofline time is ``passes / 2`` clone times.
+    ``dout``), input gradient (read ``x`` and ``dout``, write ``dx``): 6 reads
+    and 2 writes. ``"eval"``: read ``x``, write ``out``.
     """
-    passes = {"train": 8, "eval": 2}
+    passes = {"train": (6, 2), "eval": (1, 1)}
     if mode not in passes:
         raise ValueError(f"expected mode 'train' or 'eval', got {mode!r}")
     return passes[mode]
+
+
+def roofline_time(mode: str, read_time: float, copy_time: float) -> float:
+    """The least time of :func:`roofline_passes` at the measured bandwidths.
+
+    ``read_time``: one read of the tensor (``x.sum()``); ``copy_time``: one
+    read and one write (``x.clone()``), so a write costs ``copy_time - read_time``.
+    """
+    reads, writes = roofline_passes(mode)
+    return reads * read_time + writes * max(copy_time - read_time, 0.0)
 
 
 def layer_cases(
@@ -294,9 +306,10 @@ def layer_cases(
     """Zero-argument callables running one layer step on the same ``x`` (``(N, C)`` or ``(N, C, H, W)``).
 
     Keys :data:`NATIVE` (``torch.nn``), :data:`OURS` (``bncourse.nn``),
-    :data:`FUSED` (``bncourse.nn.fused``, only where Numba is installed) and
-    :data:`COPY` (``x.clone()``, which reads and writes the tensor once: the
-    yardstick for memory bandwidth). ``mode="train"``: forward + backward in
+    :data:`FUSED` (``bncourse.nn.fused``, only where Numba is installed),
+    :data:`COPY` (``x.clone()``: one read and one write of the tensor) and
+    :data:`READ` (``x.sum()``: one read), the yardsticks for
+    :func:`roofline_time`. ``mode="train"``: forward + backward in
     training mode, returning ``x``'s gradient; ``"eval"``: an evaluation
     forward under ``torch.no_grad()``, returning the output.
     ``memory_format=torch.channels_last`` stores ``x`` and ``dout`` channels-last.
@@ -336,4 +349,5 @@ def layer_cases(
 
     cases = {name: case(layer) for name, layer in layers.items()}
     cases[COPY] = x.clone
+    cases[READ] = x.sum
     return cases
