@@ -112,8 +112,11 @@ def autocast(dtype: torch.dtype) -> None:
         results.append((out, [p.grad for p in model.parameters()]))
     assert results[0][0].dtype == results[1][0].dtype == dtype
     same(results[0][0], results[1][0], rtol=3e-2, atol=3e-2)
+    # A conv bias right before batch norm has gradient 0 in exact arithmetic: compare
+    # every gradient at the scale of the largest one.
+    scale = max(g.abs().max().item() for g in results[1][1])
     for a, b in zip(results[0][1], results[1][1]):
-        same(a, b, rtol=5e-2, atol=5e-2 * b.abs().max().item())
+        same(a, b, rtol=5e-2, atol=2e-2 * scale)
     assert ours[1].running_mean.dtype == torch.float32
     for a, b in zip(ours.buffers(), ref.buffers()):
         same(a, b, rtol=1e-2, atol=1e-2)

@@ -130,9 +130,11 @@ def test_autocast_conv_model_forward_backward_matches_torch():
     (out_o, grads_o), (out_r, grads_r) = results
     assert out_o.dtype == out_r.dtype == torch.bfloat16
     torch.testing.assert_close(out_o, out_r, rtol=2e-2, atol=2e-2)
+    # A conv bias right before batch norm has gradient 0 in exact arithmetic: compare
+    # every gradient at the scale of the largest one.
+    scale = max(g.abs().max().item() for g in grads_r)
     for g_o, g_r in zip(grads_o, grads_r, strict=True):
-        scale = g_r.abs().max().item()
-        torch.testing.assert_close(g_o, g_r, rtol=5e-2, atol=5e-2 * scale)
+        torch.testing.assert_close(g_o, g_r, rtol=5e-2, atol=2e-2 * scale)
     _assert_same_buffers(ours, ref, rtol=1e-2, atol=1e-2)
     assert ours[1].running_mean.dtype == torch.float32
 
