@@ -84,3 +84,12 @@ def test_fused_layer_keeps_second_order_and_mixed_precision():
 def test_import_compiles_nothing():
     code = "import bncourse.nn, sys; assert 'numba' not in sys.modules, 'numba imported at import'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_replace_batchnorm_fused():
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.Flatten(), nn.BatchNorm1d(12))
+    x = torch.randn(4, 2, 2, 2)
+    reference = model(x)  # training mode: batch statistics
+    bnn.replace_batchnorm(model, fused=True)
+    assert type(model[1]) is bnn.FusedBatchNorm2d and type(model[3]) is bnn.FusedBatchNorm1d
+    torch.testing.assert_close(model(x), reference, rtol=1e-4, atol=1e-5)

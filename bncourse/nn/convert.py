@@ -9,6 +9,7 @@ from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from .fused import FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d
 
 __all__ = ["replace_batchnorm", "fuser_method_mapping"]
 
@@ -18,9 +19,10 @@ _REPLACEMENTS: tuple[tuple[type[nn.Module], type[_BatchNorm]], ...] = (
     (nn.BatchNorm2d, BatchNorm2d),
     (nn.BatchNorm3d, BatchNorm3d),
 )
+_FUSED = {BatchNorm1d: FusedBatchNorm1d, BatchNorm2d: FusedBatchNorm2d, BatchNorm3d: FusedBatchNorm3d}
 
 
-def replace_batchnorm(model: nn.Module) -> nn.Module:
+def replace_batchnorm(model: nn.Module, fused: bool = False) -> nn.Module:
     """Replace every ``torch.nn.BatchNorm1d/2d/3d`` in ``model`` by ``bncourse.nn``'s.
 
     Recursive over submodules; each new layer gets the old one's arguments,
@@ -28,7 +30,8 @@ def replace_batchnorm(model: nn.Module) -> nn.Module:
     dtype, ``requires_grad`` flags and train/eval mode, so the model computes
     the same function afterwards. The new parameters are new tensors: build
     the optimizer *after* replacing. Returns ``model`` (changed in place), or
-    the new layer if ``model`` itself is a batch-norm module.
+    the new layer if ``model`` itself is a batch-norm module. ``fused=True``
+    puts in ``FusedBatchNorm*d`` (:mod:`bncourse.nn.fused`) instead.
 
     - A module registered under several names (shared weights) becomes one
       new module registered under the same names.
@@ -43,28 +46,28 @@ def replace_batchnorm(model: nn.Module) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    return _replace(model, "", {})
+    return _replace(model, "", {}, fused)
 
 
-def _replace(module: nn.Module, path: str, done: dict[int, nn.Module]) -> nn.Module:
+def _replace(module: nn.Module, path: str, done: dict[int, nn.Module], fused: bool) -> nn.Module:
     """``module`` converted (or itself), with its children replaced; ``done`` maps id(old) -> new."""
     if id(module) in done:
         return done[id(module)]
-    new = _convert(module, path or type(module).__name__)
+    new = _convert(module, path or type(module).__name__, fused)
     if new is None:
         new = module
         # _modules, not named_children(), which skips a child's second name.
         for name, child in list(module._modules.items()):
             if child is None:
                 continue
-            replacement = _replace(child, f"{path}.{name}" if path else name, done)
+            replacement = _replace(child, f"{path}.{name}" if path else name, done, fused)
             if replacement is not child:
                 setattr(module, name, replacement)
     done[id(module)] = new
     return new
 
 
-def _convert(module: nn.Module, path: str) -> _BatchNorm | None:
+def _convert(module: nn.Module, path: str, fused: bool = False) -> _BatchNorm | None:
     lazy = isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()
     if lazy and isinstance(module, _TorchBatchNorm):  # LazyBatchNorm*d before its first input
         raise ValueError(
@@ -74,6 +77,8 @@ def _convert(module: nn.Module, path: str) -> _BatchNorm | None:
     our_cls = next((ours for theirs, ours in _REPLACEMENTS if isinstance(module, theirs)), None)
     if our_cls is None:
         return None
+    if fused:
+        our_cls = _FUSED[our_cls]
     if type(module).forward is not _TorchBatchNorm.forward:
         warnings.warn(
             f"replace_batchnorm: left {path!r} ({type(module).__name__}) as it is: it overrides "
