@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Batch normalization speed: native torch vs the course's versions, and the memory roofline.
 
-    .venv/bin/python benchmarks/bench_batchnorm.py [--repeats 20] [--threads 2] [--quick]
+    .venv/bin/python benchmarks/bench_batchnorm.py [--repeats 20] [--threads 2] [--quick] [--statistic min]
 
 Part 1 (every case, one run): training forward + backward on contiguous
 ``(256, 4096)`` and ``(64, 64, 32, 32)`` inputs, the latter also channels-last,
@@ -39,14 +39,14 @@ LAYER_CASES = [  # (label, shape, mode, memory format)
 ]
 
 
-def layer_table(repeats: int) -> None:
+def layer_table(repeats: int, statistic: str) -> None:
     """Part 1: every case's ratios to torch.nn and the roofline, from one run."""
     fused = "measured" if bench.fused_available() else "n/a (Numba not installed)"
     print(f"\n{'case':38s} {'torch.nn':>9s} {'bncourse.nn':>12s} {'fused':>7s} {'roofline':>9s} {'torch.nn':>9s}")
     print(f"{'':38s} {'ms':>9s} {'x torch':>12s} {'x torch':>7s} {'x torch':>9s} {'clones':>9s}")
     for label, shape, mode, fmt in LAYER_CASES:
         cases = bench.layer_cases(shape, mode, memory_format=fmt)
-        times = bench.time_interleaved(cases, repeats=repeats)
+        times = bench.time_interleaved(cases, repeats=repeats, statistic=statistic)
         native, clone = times[bench.NATIVE], times[bench.COPY]
         roofline = bench.roofline_time(mode, times[bench.READ], clone)
         fused_ratio = f"{times[bench.FUSED] / native:6.2f}x" if bench.FUSED in times else "   n/a"
@@ -55,7 +55,7 @@ def layer_table(repeats: int) -> None:
             f"{fused_ratio} {roofline / native:8.2f}x {native / clone:9.1f}"
         )
     x = torch.randn(64, 64, 32, 32)
-    t = bench.time_interleaved({"read": x.sum, "copy": x.clone}, repeats=repeats)
+    t = bench.time_interleaved({"read": x.sum, "copy": x.clone}, repeats=repeats, statistic=statistic)
     x_bytes = x.numel() * x.element_size()
     print(
         f"\nroofline: training reads >= 6 x bytes(x) and writes 2 x, evaluation 1 and 1. "
@@ -104,18 +104,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per case (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--quick", action="store_true", help="part 1 only")
+    parser.add_argument(
+        "--statistic", choices=("median", "min"), default="median",
+        help="per case: median round, or fastest round (on a shared machine load only adds time)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
         f"{platform.processor() or platform.machine()}; float32; "
-        f"median of {args.repeats} interleaved rounds"
+        f"{args.statistic} of {args.repeats} interleaved rounds"
     )
     if bench.fused_available():
         bench.layer_cases((8, 4, 2, 2))[bench.FUSED]()  # compile (or load) the kernels before timing
         bench.layer_cases((64, 4), memory_format=torch.contiguous_format)[bench.FUSED]()
         bench.layer_cases((8, 4, 2, 2), memory_format=torch.channels_last)[bench.FUSED]()
-    layer_table(args.repeats)
+    layer_table(args.repeats, args.statistic)
     if not args.quick:
         comparison_tables(args.repeats)
 

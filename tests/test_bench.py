@@ -101,3 +101,11 @@ def test_roofline():
     assert bench.roofline_time("eval", read_time=1.0, copy_time=3.0) == 3.0
     with pytest.raises(ValueError, match="mode"):
         bench.roofline_passes("infer")
+
+
+def test_time_interleaved_min_is_at_most_median():
+    cases = {"a": lambda: sum(range(1000))}
+    fastest = bench.time_interleaved(cases, repeats=5, statistic="min")["a"]
+    assert 0 < fastest
+    with pytest.raises(ValueError, match="statistic"):
+        bench.time_interleaved(cases, repeats=1, statistic="mean")

@@ -93,3 +93,20 @@ def test_replace_batchnorm_fused():
     bnn.replace_batchnorm(model, fused=True)
     assert type(model[1]) is bnn.FusedBatchNorm2d and type(model[3]) is bnn.FusedBatchNorm1d
     torch.testing.assert_close(model(x), reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_fused_eval_matches_torch_with_and_without_grad(fmt):
+    ref = nn.BatchNorm2d(3)
+    ref.train()(torch.randn(8, 3, 4, 4) * 2 + 1)  # some running statistics
+    ours = bnn.FusedBatchNorm2d(3)
+    ours.load_state_dict(ref.state_dict())
+    ours.eval(), ref.eval()
+    x = torch.randn(5, 3, 4, 4).contiguous(memory_format=fmt)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
+    xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours(xo).sum().backward()
+    ref(xr).sum().backward()
+    torch.testing.assert_close(xo.grad, xr.grad)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)

@@ -361,8 +361,10 @@ def batch_norm(
     return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
-# The training Function of each path: ``bncourse.nn.fused`` adds its own under True.
+# The training Function of each path: ``bncourse.nn.fused`` adds its own under True,
+# and its evaluation map (which returns None where it does not apply).
 _TRAINING_FUNCTIONS: dict[bool, type[torch.autograd.Function]] = {}
+_FUSED_EVAL = None
 
 
 def _batch_norm(
@@ -411,6 +413,10 @@ def _batch_norm(
         shift = shift + bias
     if input.dtype in _REDUCED and alpha.dtype != input.dtype:
         return _affine(input.to(alpha.dtype), alpha, shift).to(input.dtype)
+    if fused and _FUSED_EVAL is not None:
+        out = _FUSED_EVAL(input, alpha, shift)
+        if out is not None:
+            return out
     return _affine(input, alpha, shift)
 
 

@@ -25,7 +25,8 @@ compilation per shape. Numba is optional: without it, or for anything the
 kernels do not cover (GPU tensors, float16/bfloat16, layouts other than
 contiguous and channels-last, ``torch.func`` transforms, a backward that will
 be differentiated again), ``FusedBatchNorm*d`` computes exactly what
-``BatchNorm*d`` computes. Nothing is compiled at import.
+``BatchNorm*d`` computes. The evaluation forward, when no gradient is
+needed, is one compiled pass too. Nothing is compiled at import.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import batchnorm as _batchnorm_module
 from .batchnorm import (
     _TRAINING_FUNCTIONS,
     BatchNorm1d,
@@ -233,7 +235,29 @@ class FusedBatchNormFunction(BatchNormFunction):
         return (dx, dgamma if need_w else None, dbeta if need_b else None) + (None,) * 4
 
 
+def _fused_eval(x: Tensor, alpha: Tensor, shift: Tensor) -> Tensor | None:
+    """The evaluation map ``x * alpha + shift`` in one compiled pass, or None where it does not apply.
+
+    Not when autograd needs a graph (then torch's ops record it) or the kernels cannot run.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or shift.requires_grad):
+        return None
+    layout = _as_layout(x) if _fusable(x) and alpha.dtype == x.dtype == shift.dtype else None
+    if layout is None:
+        return None
+    kernels = _load_kernels()
+    kind, xv = layout
+    out = torch.empty_like(x)
+    args = (xv, alpha.contiguous().numpy(), shift.contiguous().numpy(), _as_layout(out)[1])
+    if kind == "planes":
+        _run(kernels.affine_planes, args, xv.shape[0] * xv.shape[1])
+    else:
+        _run(kernels.affine_rows, args, xv.shape[0])
+    return out
+
+
 _TRAINING_FUNCTIONS[True] = FusedBatchNormFunction
+_batchnorm_module._FUSED_EVAL = _fused_eval
 
 
 def fused_batch_norm(
