@@ -117,9 +117,11 @@ def _run(kernel, args: tuple, size: int, chunks: list[tuple[int, int]] | None = 
     if len(bounds) == 1:
         kernel(*args, *bounds[0])
         return
-    if _pool is None or _pool._max_workers < len(bounds):
-        _pool = ThreadPoolExecutor(max_workers=len(bounds), thread_name_prefix="bncourse-fused")
-    for future in [_pool.submit(kernel, *args, lo, hi) for lo, hi in bounds]:
+    if _pool is None or _pool._max_workers < len(bounds) - 1:
+        _pool = ThreadPoolExecutor(max_workers=len(bounds) - 1, thread_name_prefix="bncourse-fused")
+    futures = [_pool.submit(kernel, *args, lo, hi) for lo, hi in bounds[1:]]
+    kernel(*args, *bounds[0])  # the calling thread takes the first slice
+    for future in futures:
         future.result()
 
 
