@@ -240,9 +240,13 @@ class FusedBatchNormFunction(BatchNormFunction):
 def _fused_eval(x: Tensor, alpha: Tensor, shift: Tensor) -> Tensor | None:
     """The evaluation map ``x * alpha + shift`` in one compiled pass, or None where it does not apply.
 
-    Not when autograd needs a graph (then torch's ops record it) or the kernels cannot run.
+    Not when autograd needs a graph (then torch's ops record it) or the kernels cannot run,
+    nor for 2-D ``(N, C)`` input, where torch's broadcast multiply-add is already one
+    vectorized pass and the hand-off to the kernels cost more than it saved (benchmark).
     """
     if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or shift.requires_grad):
+        return None
+    if x.dim() == 2:
         return None
     layout = _as_layout(x) if _fusable(x) and alpha.dtype == x.dtype == shift.dtype else None
     if layout is None:
