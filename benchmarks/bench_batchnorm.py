@@ -1,15 +1,23 @@
 #!/usr/bin/env python3
-"""Batch normalization, forward + backward: native torch vs the course's versions.
+"""Batch normalization speed: native torch vs the course's versions, and the memory roofline.
 
-    .venv/bin/python benchmarks/bench_batchnorm.py [--repeats 20] [--threads N]
+    .venv/bin/python benchmarks/bench_batchnorm.py [--repeats 20] [--threads 2] [--quick] [--statistic min]
 
-For each size, times (interleaved rounds, median) training-mode forward +
-backward of torch's native layer, ``bncourse.nn``, the naive autograd
-version and the NumPy core, and prints each as a ratio to native torch, with
-the bytes each keeps for backward. Then the two NumPy backward passes
-(graph walk vs compact formula), and inference with and without batch norm
-folded into the convolution before it. Ratios from one run are comparable;
-absolute times on a shared machine are not.
+Part 1 (every case, one run): training forward + backward on contiguous
+``(256, 4096)`` and ``(64, 64, 32, 32)`` inputs, the latter also channels-last,
+and the evaluation forward, each timed for ``torch.nn``, ``bncourse.nn`` and
+``bncourse.nn.fused`` (where Numba is installed), printed as ratios to
+``torch.nn``. The roofline column is the least time the layer could take on
+this machine: the full-tensor reads and writes it must make (6 and 2 for
+training, 1 and 1 for evaluation; see ``bench.roofline_passes``) at the read
+bandwidth of ``x.sum()`` and the read + write bandwidth of ``x.clone()``,
+measured on the same tensor in the same run.
+
+Part 2 (skipped with ``--quick``): the naive autograd version and the NumPy
+core, the two NumPy backward passes, and inference with batch norm folded
+into the convolution before it.
+
+Ratios from one run are comparable; absolute times on a shared machine are not.
 """
 
 from __future__ import annotations
@@ -22,25 +30,45 @@ import torch
 from bncourse.lab import bench
 
 SIZES = [(256, 4096), (64, 64, 32, 32)]
+LAYER_CASES = [  # (label, shape, mode, memory format)
+    ("train", (256, 4096), "train", torch.contiguous_format),
+    ("train", (64, 64, 32, 32), "train", torch.contiguous_format),
+    ("train channels_last", (64, 64, 32, 32), "train", torch.channels_last),
+    ("eval", (256, 4096), "eval", torch.contiguous_format),
+    ("eval", (64, 64, 32, 32), "eval", torch.contiguous_format),
+]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per size (median)")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
-    )
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+def layer_table(repeats: int, statistic: str) -> None:
+    """Part 1: every case's ratios to torch.nn and the roofline, from one run."""
+    fused = "measured" if bench.fused_available() else "n/a (Numba not installed)"
+    print(f"\n{'case':38s} {'torch.nn':>9s} {'bncourse.nn':>12s} {'fused':>7s} {'roofline':>9s} {'torch.nn':>9s}")
+    print(f"{'':38s} {'ms':>9s} {'x torch':>12s} {'x torch':>7s} {'x torch':>9s} {'clones':>9s}")
+    for label, shape, mode, fmt in LAYER_CASES:
+        cases = bench.layer_cases(shape, mode, memory_format=fmt)
+        times = bench.time_interleaved(cases, repeats=repeats, statistic=statistic)
+        native, clone = times[bench.NATIVE], times[bench.COPY]
+        roofline = bench.roofline_time(mode, times[bench.READ], clone)
+        fused_ratio = f"{times[bench.FUSED] / native:6.2f}x" if bench.FUSED in times else "   n/a"
+        print(
+            f"{label + ' ' + str(shape):38s} {native * 1e3:9.2f} {times[bench.OURS] / native:11.2f}x "
+            f"{fused_ratio} {roofline / native:8.2f}x {native / clone:9.1f}"
+        )
+    x = torch.randn(64, 64, 32, 32)
+    t = bench.time_interleaved({"read": x.sum, "copy": x.clone}, repeats=repeats, statistic=statistic)
+    x_bytes = x.numel() * x.element_size()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{platform.processor() or platform.machine()}; float32; "
-        f"median of {args.repeats} interleaved rounds"
+        f"\nroofline: training reads >= 6 x bytes(x) and writes 2 x, evaluation 1 and 1. "
+        f"Measured on a 16 MiB tensor: read {x_bytes / t['read'] / 1e9:.1f} GB/s (x.sum()), "
+        f"read + write {2 * x_bytes / t['copy'] / 1e9:.1f} GB/s (x.clone()). Fused path: {fused}."
     )
+
+
+def comparison_tables(repeats: int) -> None:
+    """Part 2: naive autograd and NumPy, the NumPy backward passes, folding."""
     for shape in SIZES:
         cases = bench.batchnorm_training_cases(shape)
-        times = bench.time_interleaved(cases, repeats=args.repeats)
+        times = bench.time_interleaved(cases, repeats=repeats)
         saved = bench.saved_bytes_report(shape)
         native = times[bench.NATIVE]
         print(f"\nforward + backward, x of shape {shape} ({saved['input'] / 2**20:.1f} MiB)")
@@ -48,11 +76,10 @@ def main() -> None:
         for name, seconds in times.items():
             kept = saved[name] / 2**20
             note = " (NumPy cache)" if name == bench.NUMPY else ""
-            ratio = seconds / native
-            print(f"  {name:34s} {seconds * 1e3:10.2f} {ratio:8.2f}x {kept:14.3f} MiB{note}")
+            print(f"  {name:34s} {seconds * 1e3:10.2f} {seconds / native:8.2f}x {kept:14.3f} MiB{note}")
 
     for shape in SIZES:
-        t = bench.time_interleaved(bench.numpy_backward_cases(shape), repeats=args.repeats)
+        t = bench.time_interleaved(bench.numpy_backward_cases(shape), repeats=repeats)
         print(
             f"\nNumPy backward only, {shape}: compact {t['compact'] * 1e3:.2f} ms, "
             f"staged graph walk {t['staged'] * 1e3:.2f} ms "
@@ -62,7 +89,7 @@ def main() -> None:
     print()
     for channels, kernel in ((32, 3), (32, 1)):
         t = bench.time_interleaved(
-            bench.folding_cases(channels=channels, kernel_size=kernel), repeats=args.repeats
+            bench.folding_cases(channels=channels, kernel_size=kernel), repeats=repeats
         )
         print(
             f"inference, Conv2d({channels}, {channels}, {kernel}) + BatchNorm2d "
@@ -70,6 +97,31 @@ def main() -> None:
             f"unfolded {t['conv + bn'] * 1e3:.2f} ms, folded {t['folded conv'] * 1e3:.2f} ms "
             f"({t['conv + bn'] / t['folded conv']:.2f}x speedup)"
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per case (median)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--quick", action="store_true", help="part 1 only")
+    parser.add_argument(
+        "--statistic", choices=("median", "min"), default="median",
+        help="per case: median round, or fastest round (on a shared machine load only adds time)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"{platform.processor() or platform.machine()}; float32; "
+        f"{args.statistic} of {args.repeats} interleaved rounds"
+    )
+    if bench.fused_available():
+        bench.layer_cases((8, 4, 2, 2))[bench.FUSED]()  # compile (or load) the kernels before timing
+        bench.layer_cases((64, 4), memory_format=torch.contiguous_format)[bench.FUSED]()
+        bench.layer_cases((8, 4, 2, 2), memory_format=torch.channels_last)[bench.FUSED]()
+    layer_table(args.repeats, args.statistic)
+    if not args.quick:
+        comparison_tables(args.repeats)
 
 
 if __name__ == "__main__":

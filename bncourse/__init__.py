@@ -9,7 +9,7 @@ from .functional import (
     layernorm_backward,
     layernorm_forward,
 )
-from .layers import BatchNorm1d, BatchNorm2d
+from .layers import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,7 @@ def __getattr__(name: str):
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNorm3d",
     "batchnorm_backward",
     "batchnorm_forward",
     "functional",

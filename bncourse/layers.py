@@ -1,10 +1,13 @@
 """NumPy batch normalization layers with PyTorch's semantics.
 
-``BatchNorm1d`` and ``BatchNorm2d`` take the same constructor arguments as
-``torch.nn.BatchNorm1d`` / ``BatchNorm2d`` and keep the same state under the
-same names, so a torch layer's ``state_dict()`` loads as-is and both layers then
-agree step after step. Parameters are NumPy arrays; ``backward`` stores their
-gradients in ``grad_weight`` and ``grad_bias``.
+``BatchNorm1d``, ``BatchNorm2d`` and ``BatchNorm3d`` take the same constructor
+arguments as ``torch.nn.BatchNorm1d`` / ``2d`` / ``3d`` and keep the same state
+under the same names, so a torch layer's ``state_dict()`` (also one saved
+before ``num_batches_tracked`` existed) loads as-is and both layers then agree
+step after step. Parameters are NumPy arrays; ``backward`` stores their
+gradients in ``grad_weight`` and ``grad_bias``. As in torch, the input's dtype
+must be the layer's, except that float16 input is accepted by a float32 layer;
+float16 is always computed in float32.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from .functional import (
     reduction_axes,
 )
 
-__all__ = ["BatchNorm1d", "BatchNorm2d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
 class _BatchNorm:
@@ -69,6 +72,7 @@ class _BatchNorm:
             self.running_var = None
             self.num_batches_tracked = None
         self._cache: BatchNormCache | None = None
+        self._input_dtype = self.dtype
         self._cache_from_batch_stats = False
 
     # -- mode -------------------------------------------------------------
@@ -92,6 +96,9 @@ class _BatchNorm:
         the running estimates. Caches what ``backward`` needs.
         """
         self._check_input(x)
+        in_dtype = x.dtype
+        if in_dtype == np.float16:  # float16 sums overflow at 65,504: compute in float32, as torch
+            x = x.astype(np.float32)
         use_batch_stats = self.training or not self.track_running_stats
         gamma, beta = self._affine_params(x.dtype)
         if use_batch_stats:
@@ -106,7 +113,8 @@ class _BatchNorm:
             cache = BatchNormCache(x_hat=x_hat, inv_std=inv_std, gamma=gamma)
         self._cache = cache
         self._cache_from_batch_stats = use_batch_stats
-        return out
+        self._input_dtype = in_dtype
+        return out.astype(in_dtype, copy=False)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Gradient with respect to the last ``forward``'s input.
@@ -124,6 +132,7 @@ class _BatchNorm:
                 f"expected dout of shape {cache.x_hat.shape} (the last forward input's shape), "
                 f"got {got}"
             )
+        dout = dout.astype(cache.x_hat.dtype, copy=False)
         if self._cache_from_batch_stats:
             dx, dgamma, dbeta = batchnorm_backward(dout, cache)
         else:
@@ -135,7 +144,7 @@ class _BatchNorm:
         if self.affine:
             self.grad_weight = dgamma.astype(self.dtype)
             self.grad_bias = dbeta.astype(self.dtype)
-        return dx
+        return dx.astype(self._input_dtype, copy=False)
 
     # -- state ------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -154,11 +163,17 @@ class _BatchNorm:
         """Load a state saved by this class or by ``torch.nn.BatchNorm*``.
 
         Values may be NumPy arrays or torch tensors. Keys must match exactly
-        (as torch's ``strict=True``); values are copied into the existing
-        arrays' dtypes, as torch copies into existing parameters.
+        (as torch's ``strict=True``), except that a state without
+        ``num_batches_tracked`` (saved by torch before version 2 of its batch
+        norm) loads and keeps the current count, as torch does. Values are
+        copied into the existing arrays' dtypes, as torch copies into existing
+        parameters.
         """
         expected = set(self.state_dict())
         given = set(state_dict)
+        if self.track_running_stats and "num_batches_tracked" not in given:
+            given.add("num_batches_tracked")
+            state_dict = {**state_dict, "num_batches_tracked": self.num_batches_tracked}
         if given != expected:
             raise ValueError(
                 f"expected state_dict keys {sorted(expected)}, got {sorted(given)} "
@@ -197,6 +212,13 @@ class _BatchNorm:
             raise ValueError(f"expected a numpy array, got {type(x).__name__}")
         if not np.issubdtype(x.dtype, np.floating):
             raise ValueError(f"{type(self).__name__} expected a floating-point input, got dtype {x.dtype}")
+        if x.dtype != self.dtype and not (x.dtype == np.float16 and self.dtype == np.float32):
+            # torch: "mixed dtype (CPU): all inputs must share same datatype"
+            raise ValueError(
+                f"{type(self).__name__} expected input of dtype {self.dtype} (the layer's"
+                f"{' or float16' if self.dtype == np.float32 else ''}), got dtype {x.dtype}: "
+                f"convert the input with x.astype(np.{self.dtype}) or build the layer with dtype=np.{x.dtype}"
+            )
         check_layer_input(type(self).__name__, x.shape, self._accepted_ndims, self._expected_layout, self.num_features)
 
     def __repr__(self) -> str:
@@ -218,6 +240,13 @@ class BatchNorm2d(_BatchNorm):
 
     _accepted_ndims = (4,)
     _expected_layout = "4-D (N, C, H, W)"
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch normalization over ``(N, C, D, H, W)`` inputs, like ``torch.nn.BatchNorm3d``."""
+
+    _accepted_ndims = (5,)
+    _expected_layout = "5-D (N, C, D, H, W)"
 
 
 def _to_numpy(value: Any) -> np.ndarray:

@@ -81,3 +81,31 @@ def test_reduction_cases_agree():
     torch.testing.assert_close(variances[0], variances[1], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="4-D"):
         bench.reduction_cases((4, 3))
+
+
+@pytest.mark.parametrize("shape,fmt", [((40, 3), torch.contiguous_format), ((4, 3, 2, 2), torch.channels_last)])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_layer_cases_compute_the_same_thing(shape, fmt, mode):
+    cases = bench.layer_cases(shape, mode, memory_format=fmt, dtype=torch.float64)
+    native = cases[bench.NATIVE]().clone()
+    for name in (bench.OURS, bench.FUSED):
+        if name in cases:
+            torch.testing.assert_close(cases[name](), native, rtol=1e-10, atol=1e-10)
+    assert cases[bench.COPY]().shape == shape
+    assert (bench.FUSED in cases) == bench.fused_available()
+
+
+def test_roofline():
+    assert bench.roofline_passes("train") == (6, 2) and bench.roofline_passes("eval") == (1, 1)
+    assert bench.roofline_time("train", read_time=1.0, copy_time=3.0) == 6 + 2 * 2
+    assert bench.roofline_time("eval", read_time=1.0, copy_time=3.0) == 3.0
+    with pytest.raises(ValueError, match="mode"):
+        bench.roofline_passes("infer")
+
+
+def test_time_interleaved_min_is_at_most_median():
+    cases = {"a": lambda: sum(range(1000))}
+    fastest = bench.time_interleaved(cases, repeats=5, statistic="min")["a"]
+    assert 0 < fastest
+    with pytest.raises(ValueError, match="statistic"):
+        bench.time_interleaved(cases, repeats=1, statistic="mean")

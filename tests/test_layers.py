@@ -12,6 +12,7 @@ CASES = [
     (bncourse.BatchNorm1d, torch.nn.BatchNorm1d, (16, 5)),
     (bncourse.BatchNorm1d, torch.nn.BatchNorm1d, (8, 5, 7)),
     (bncourse.BatchNorm2d, torch.nn.BatchNorm2d, (4, 5, 3, 6)),
+    (bncourse.BatchNorm3d, torch.nn.BatchNorm3d, (3, 5, 2, 3, 4)),
 ]
 
 
@@ -157,3 +158,44 @@ def test_backward_rejects_wrong_shape():
 def test_eval_single_example_is_fine():
     layer = bncourse.BatchNorm1d(3).eval()
     assert layer(np.ones((1, 3), np.float32)).shape == (1, 3)
+
+
+def test_old_checkpoint_without_num_batches_tracked_loads_as_in_torch():
+    theirs = torch.nn.BatchNorm2d(3)
+    theirs(torch.randn(4, 3, 2, 2))
+    old = {k: v for k, v in theirs.state_dict().items() if k != "num_batches_tracked"}
+    ours = bncourse.BatchNorm2d(3)
+    ours.load_state_dict(old)
+    np.testing.assert_array_equal(ours.running_var, theirs.running_var.numpy())
+    assert int(ours.num_batches_tracked) == 0  # torch also keeps the current count
+    fresh = torch.nn.BatchNorm2d(3)
+    fresh.load_state_dict(old, strict=False)
+    assert int(fresh.num_batches_tracked) == 0
+
+
+def test_dtype_mismatch_refused_as_torch_refuses():
+    x64 = np.random.default_rng(0).normal(size=(4, 3))
+    with pytest.raises(RuntimeError, match="mixed dtype"):
+        torch.nn.BatchNorm1d(3)(torch.from_numpy(x64))
+    with pytest.raises(ValueError, match="expected input of dtype float32.*got dtype float64"):
+        bncourse.BatchNorm1d(3)(x64)
+    with pytest.raises(ValueError, match="expected input of dtype float64"):
+        bncourse.BatchNorm1d(3, dtype=np.float64)(x64.astype(np.float32))
+
+
+def test_float16_input_computed_in_float32_like_torch():
+    """70,000 values per channel: a float16 sum would overflow (max 65,504)."""
+    x = (np.random.default_rng(1).normal(30, 20, size=(700, 2, 100))).astype(np.float16)
+    for layer_dtype, torch_dtype in ((np.float32, torch.float32), (np.float16, torch.float16)):
+        ours = bncourse.BatchNorm1d(2, dtype=layer_dtype)
+        theirs = torch.nn.BatchNorm1d(2).to(torch_dtype)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        out, ref = ours(x), theirs(xt)
+        assert out.dtype == np.float16 and np.isfinite(out).all()
+        np.testing.assert_allclose(out.astype(np.float32), ref.detach().float().numpy(), atol=1e-2)
+        np.testing.assert_allclose(ours.running_var, theirs.running_var.numpy(), rtol=1e-3)
+        dout = np.random.default_rng(2).normal(size=x.shape).astype(np.float16)
+        ref.backward(torch.from_numpy(dout))
+        dx = ours.backward(dout)
+        assert dx.dtype == np.float16
+        np.testing.assert_allclose(dx.astype(np.float32), xt.grad.float().numpy(), atol=1e-3)

@@ -20,6 +20,7 @@ from torch import nn
 from .. import functional as F_np
 from ..fold import fold_batchnorm
 from ..nn import BatchNorm1d, BatchNorm2d, naive_batchnorm
+from ..nn.fused import FusedBatchNorm1d, FusedBatchNorm2d, fused_available
 
 __all__ = [
     "time_interleaved",
@@ -30,7 +31,13 @@ __all__ = [
     "numpy_backward_cases",
     "saved_bytes_report",
     "folding_cases",
+    "layer_cases",
+    "roofline_passes",
+    "roofline_time",
+    "READ",
     "NATIVE",
+    "FUSED",
+    "COPY",
     "OURS",
     "NAIVE",
     "NUMPY",
@@ -40,17 +47,24 @@ NATIVE = "torch.nn (native kernel)"
 OURS = "bncourse.nn (compact backward)"
 NAIVE = "naive (autograd over ops)"
 NUMPY = "NumPy core (bncourse.functional)"
+FUSED = "bncourse.nn.fused (Numba kernels)"
+COPY = "x.clone() (read + write bandwidth)"
+READ = "x.sum() (read bandwidth)"
 
 
 def time_interleaved(
-    cases: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 2
+    cases: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 2, statistic: str = "median"
 ) -> dict[str, float]:
-    """Median wall time in seconds of each zero-argument callable in ``cases``.
+    """Median (or ``statistic="min"``: fastest) wall time in seconds of each zero-argument callable in ``cases``.
 
     Each round runs every case once; the starting case rotates from round to
     round so that none always runs right after the same neighbour. ``warmup``
-    rounds are run first and discarded (allocator and cache warm-up).
+    rounds are run first and discarded (allocator and cache warm-up). On a
+    machine shared with other jobs, load only ever adds time, so the fastest
+    round estimates the time without it.
     """
+    if statistic not in ("median", "min"):
+        raise ValueError(f"expected statistic 'median' or 'min', got {statistic!r}")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"expected repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     names = list(cases)
@@ -63,7 +77,8 @@ def time_interleaved(
             elapsed = time.perf_counter() - start
             if round_ >= warmup:
                 times[name].append(elapsed)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    summarize = statistics.median if statistic == "median" else min
+    return {name: summarize(ts) for name, ts in times.items()}
 
 
 def saved_tensors_summary(fn: Callable[[], object]) -> list[tuple[tuple[int, ...], int]]:
@@ -260,3 +275,84 @@ def folding_cases(
         return run
 
     return {"conv + bn": infer(unfolded), "folded conv": infer(folded)}
+
+
+def roofline_passes(mode: str) -> tuple[int, int]:
+    """``(reads, writes)`` of full tensors the least a layer can make, per ``mode``.
+
+    ``"train"``: forward + backward that keeps only ``x``: statistics (read
+    ``x``), output (read ``x``, write ``out``), gradient sums (read ``x`` and
+    ``dout``), input gradient (read ``x`` and ``dout``, write ``dx``): 6 reads
+    and 2 writes. ``"eval"``: read ``x``, write ``out``.
+    """
+    passes = {"train": (6, 2), "eval": (1, 1)}
+    if mode not in passes:
+        raise ValueError(f"expected mode 'train' or 'eval', got {mode!r}")
+    return passes[mode]
+
+
+def roofline_time(mode: str, read_time: float, copy_time: float) -> float:
+    """The least time of :func:`roofline_passes` at the measured bandwidths.
+
+    ``read_time``: one read of the tensor (``x.sum()``); ``copy_time``: one
+    read and one write (``x.clone()``), so a write costs ``copy_time - read_time``.
+    """
+    reads, writes = roofline_passes(mode)
+    return reads * read_time + writes * max(copy_time - read_time, 0.0)
+
+
+def layer_cases(
+    shape: tuple[int, ...],
+    mode: str = "train",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> dict[str, Callable[[], object]]:
+    """Zero-argument callables running one layer step on the same ``x`` (``(N, C)`` or ``(N, C, H, W)``).
+
+    Keys :data:`NATIVE` (``torch.nn``), :data:`OURS` (``bncourse.nn``),
+    :data:`FUSED` (``bncourse.nn.fused``, only where Numba is installed),
+    :data:`COPY` (``x.clone()``: one read and one write of the tensor) and
+    :data:`READ` (``x.sum()``: one read), the yardsticks for
+    :func:`roofline_time`. ``mode="train"``: forward + backward in
+    training mode, returning ``x``'s gradient; ``"eval"``: an evaluation
+    forward under ``torch.no_grad()``, returning the output.
+    ``memory_format=torch.channels_last`` stores ``x`` and ``dout`` channels-last.
+    """
+    if len(shape) not in (2, 4):
+        raise ValueError(f"expected a 2-D (N, C) or 4-D (N, C, H, W) shape, got {shape}")
+    if mode not in ("train", "eval"):
+        raise ValueError(f"expected mode 'train' or 'eval', got {mode!r}")
+    gen = torch.Generator().manual_seed(seed)
+    c, two_d = shape[1], len(shape) == 4
+    x = (torch.randn(shape, generator=gen, dtype=dtype) * 2 + 1).contiguous(memory_format=memory_format)
+    dout = torch.randn(shape, generator=gen, dtype=dtype).contiguous(memory_format=memory_format)
+    classes = {NATIVE: nn.BatchNorm2d if two_d else nn.BatchNorm1d, OURS: BatchNorm2d if two_d else BatchNorm1d}
+    if fused_available():
+        classes[FUSED] = FusedBatchNorm2d if two_d else FusedBatchNorm1d
+    layers = {name: cls(c, dtype=dtype).train(mode == "train") for name, cls in classes.items()}
+    if mode == "eval":
+        running_mean = torch.rand(c, generator=gen, dtype=dtype) * 2 - 1  # some statistics to use
+        running_var = torch.rand(c, generator=gen, dtype=dtype) + 0.5
+        with torch.no_grad():
+            for layer in layers.values():
+                layer.running_mean.copy_(running_mean)
+                layer.running_var.copy_(running_var)
+    x_train = x.clone().requires_grad_(mode == "train")
+
+    def case(layer: nn.Module) -> Callable[[], torch.Tensor]:
+        def train() -> torch.Tensor:
+            x_train.grad = None
+            layer(x_train).backward(dout)
+            return x_train.grad
+
+        def evaluate() -> torch.Tensor:
+            with torch.no_grad():
+                return layer(x)
+
+        return train if mode == "train" else evaluate
+
+    cases = {name: case(layer) for name, layer in layers.items()}
+    cases[COPY] = x.clone
+    cases[READ] = x.sum
+    return cases

@@ -1,8 +1,11 @@
 """``bncourse.nn``: normalization layers for PyTorch, written from scratch.
 
-Drop-in replacements for ``torch.nn.BatchNorm1d/2d/3d``, ``LayerNorm`` and
-``GroupNorm`` whose backward passes are the hand-derived compact formulas
-(``torch.autograd.Function``), a naive autograd version for comparison, and
+``BatchNorm1d/2d/3d`` that can replace ``torch.nn``'s (the tests compare them on
+values, first- and second-order gradients, mixed precision, checkpointing,
+``torch.func``, tracing, export and scripting), ``LayerNorm`` and ``GroupNorm``
+with torch's arguments, all with the hand-derived compact backward
+(``torch.autograd.Function``); ``FusedBatchNorm*d`` with compiled training
+passes (Numba, optional); a naive autograd version for comparison; and
 :func:`replace_batchnorm` to put the course's layer into any torch model.
 Across devices and batches: :class:`SyncBatchNorm` (global-batch statistics on
 ``torch.distributed``), :class:`BatchRenorm1d`/``2d`` (Ioffe, 2017) and
@@ -16,7 +19,8 @@ from .batchnorm import (
     BatchNormFunction,
     batch_norm,
 )
-from .convert import replace_batchnorm
+from .convert import fuser_method_mapping, replace_batchnorm
+from .fused import FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d, fused_available, fused_batch_norm
 from . import utils
 from .naive import naive_batchnorm
 from .norms import GroupNorm, LayerNorm, RowNormFunction, group_norm, layer_norm
@@ -33,6 +37,9 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "BatchNormFunction",
+    "FusedBatchNorm1d",
+    "FusedBatchNorm2d",
+    "FusedBatchNorm3d",
     "GroupNorm",
     "LayerNorm",
     "RMSNorm",
@@ -41,6 +48,9 @@ __all__ = [
     "RowNormFunction",
     "WSConv2d",
     "batch_norm",
+    "fuser_method_mapping",
+    "fused_available",
+    "fused_batch_norm",
     "group_norm",
     "layer_norm",
     "naive_batchnorm",

@@ -6,23 +6,29 @@ compact formula derived in the course,
     dx = gamma * inv_std / M * (M * dout - sum(dout) - x_hat * sum(dout * x_hat)),
 
 rather than autograd walking back through the mean, the variance and the
-square root. ``BatchNorm1d``/``2d``/``3d`` are drop-in replacements for
-``torch.nn.BatchNorm1d``/``2d``/``3d``: same constructor, parameters, buffers,
-``state_dict`` keys and train/eval behaviour. Nothing here calls torch's own
-batch-norm kernels (``torch.batch_norm``, ``F.batch_norm``,
+square root. ``BatchNorm1d``/``2d``/``3d`` take the constructor arguments of
+``torch.nn.BatchNorm1d``/``2d``/``3d`` and keep the same parameters, buffers,
+``state_dict`` keys and train/eval behaviour; the tests compare them with
+torch's layers on values, gradients (second order included), mixed precision,
+activation checkpointing and ``torch.func`` transforms. Nothing here calls
+torch's own batch-norm kernels (``torch.batch_norm``, ``F.batch_norm``,
 ``torch.native_batch_norm`` and their backward ops); only elementwise ops and
 sums.
 
 Shapes: the input is ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)`` or
 ``(N, C, D, H, W)``; statistics are per channel (axis 1) over every other axis.
 ``M = x.numel() // C`` values share each channel's mean and variance.
+float16 and bfloat16 inputs are normalized with float32 statistics, as torch
+does; the output keeps the input's dtype.
 """
 
 from __future__ import annotations
 
+import numbers
+
 import torch
+import torch.fx
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from ..functional import check_layer_input
 
@@ -34,38 +40,192 @@ __all__ = [
     "BatchNorm3d",
 ]
 
+_REDUCED = (torch.float16, torch.bfloat16)
+
 
 def _layout(x: Tensor) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """Reduction axes, the broadcast shape of a ``(C,)`` vector, and ``M``."""
     c = x.shape[1]
     dims = (0,) + tuple(range(2, x.dim()))
     shape = (1, c) + (1,) * (x.dim() - 2)
-    return dims, shape, x.numel() // c
+    return dims, shape, x.numel() // c if c else 0
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for float16/bfloat16 inputs (their sums overflow or round away), else the input's."""
+    return torch.float32 if x.dtype in _REDUCED else x.dtype
+
+
+def _functorch_active() -> bool:
+    """True inside ``torch.func.grad``/``vmap``/``jvp``, where only out-of-place ops are safe."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active is not None and active())
 
 
 def _channel_sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """Sum over every axis but 1, returning ``(C,)``.
+    """Sum over every axis but 1, returning ``(C,)``, reading memory in order.
 
-    For inputs with spatial axes, summing the contiguous inner block first
-    (``(N, C, L) -> (N, C) -> (C,)``) reads memory in order and adds each
-    ``L``-long run in a cascade, which is a little more accurate in float32
-    than one reduction over the strided axes ``(0, 2, 3)``.
+    Contiguous ``(N, C, ...)``: view as ``(N, C, L)`` and sum the contiguous
+    ``L`` axis first, then ``N``. Channels-last (the channel axis has stride
+    1): view as ``(rows, C)`` and sum the rows, so each row is one contiguous
+    load of all channels. Any other layout: one strided reduction.
+    """
+    c = t.shape[1]
+    if t.dim() > 2:
+        if t.is_contiguous():
+            return t.view(t.shape[0], c, -1).sum(2).sum(0)
+        rows = t.movedim(1, -1)
+        if rows.is_contiguous():
+            return rows.view(-1, c).sum(0)
+    return t.sum(dims)
+
+
+def _per_plane(v: Tensor, x: Tensor) -> Tensor:
+    """A ``(C,)`` vector as one value per contiguous ``(n, c)`` plane of ``x``: ``(N * C, 1)``."""
+    n, c = x.shape[:2]
+    return v.view(1, c).expand(n, c).reshape(n * c, 1)
+
+
+def _affine(x: Tensor, alpha: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
+    """``x * alpha + shift`` with ``(C,)`` coefficients broadcast along axis 1, in one pass.
+
+    A contiguous ``(N, C, ...)`` input is viewed as ``N * C`` rows, each scaled
+    by one number: torch's kernels run that faster than a broadcast over axis 1.
+    """
+    if x.dim() > 2 and x.is_contiguous() and (out is None or out.is_contiguous()):
+        rows = x.view(x.shape[0] * x.shape[1], -1)
+        target = None if out is None else out.view(rows.shape)
+        result = torch.addcmul(_per_plane(shift, x), rows, _per_plane(alpha, x), out=target)
+        return result.view(x.shape)
+    shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+    return torch.addcmul(shift.view(shape), x, alpha.view(shape), out=out)
+
+
+def _channel_sum_of_squares(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``(t ** 2)`` summed over every axis but 1, ``(C,)``.
+
+    For contiguous layouts ``torch.linalg.vector_norm`` squares and adds in one
+    read, with no ``t ** 2`` tensor in memory; channels-last rows reduce faster
+    as an in-place square and a row sum.
     """
     if t.dim() > 2 and t.is_contiguous():
-        return t.view(t.shape[0], t.shape[1], -1).sum(2).sum(0)
-    return t.sum(dims)
+        return torch.linalg.vector_norm(t.view(t.shape[0], t.shape[1], -1), dim=2).square_().sum(0)
+    if t.dim() == 2 and t.is_contiguous():
+        return torch.linalg.vector_norm(t, dim=0).square_()
+    return _channel_sum(t.square_(), dims)
+
+
+def _forward_inplace(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+    """The fast training forward: two-pass statistics, the output written once.
+
+    Returns ``(out, mean, var)``; ``mean`` and the biased ``var`` are ``(C,)``
+    in the compute dtype (float32 for reduced-precision input).
+    """
+    dims, shape, m = _layout(x)
+    xs = x.to(_compute_dtype(x))
+    # Per-channel (C,) results are scaled in place, sparing tiny allocations.
+    mean = _channel_sum(xs, dims).mul_(1.0 / m)
+    # `out` starts as the centered input (for the variance), then holds the
+    # output: one big allocation instead of two.
+    out = xs - mean.view(shape)
+    var = _channel_sum_of_squares(out, dims).mul_(1.0 / m)
+    inv_std = var.add(eps).rsqrt_()
+    # out = gamma * (x - mean) * inv_std + beta = x * alpha + shift, per channel.
+    alpha = inv_std if weight is None else inv_std * weight
+    if bias is None:
+        shift = alpha.mul(mean).neg_()
+    else:
+        shift = torch.addcmul(bias.to(alpha.dtype), mean, alpha, value=-1)  # beta - mean * alpha
+    _affine(xs, alpha, shift, out=out)
+    return out.to(x.dtype), mean, var
+
+
+def _forward_ops(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+    """The same forward in out-of-place, differentiable ops (for ``torch.func`` transforms)."""
+    dims, shape, _ = _layout(x)
+    xs = x.to(_compute_dtype(x))
+    mean = xs.mean(dims)
+    centered = xs - mean.view(shape)
+    var = centered.square().mean(dims)
+    alpha = torch.rsqrt(var + eps)
+    if weight is not None:
+        alpha = alpha * weight
+    out = centered * alpha.view(shape)
+    if bias is not None:
+        out = out + bias.view(shape)
+    return out.to(x.dtype), mean, var
+
+
+def _backward_inplace(dout: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, inv_std: Tensor, need_x: bool):
+    """The compact backward, first order only, in a handful of passes over memory."""
+    dims, shape, m = _layout(x)
+    xs, dout = x.to(mean.dtype), dout.to(mean.dtype)
+    # dbeta = sum(dout); dgamma = sum(dout * x_hat) = inv_std * sum(dout * (x - mean)).
+    dbeta = _channel_sum(dout, dims)
+    buf = xs - mean.view(shape)
+    dgamma = _channel_sum(buf.mul_(dout), dims).mul_(inv_std)
+    dx = None
+    if need_x:
+        # The compact formula, with x_hat = (x - mean) * inv_std written
+        # out so that no x_hat tensor is ever built:
+        #   dx = k * dout - k * dbeta / M - (k * inv_std * dgamma / M) * (x - mean)
+        #      = k * dout + coef * x + const,          k = gamma * inv_std
+        # two fused multiply-adds over memory already reserved in `buf`.
+        k = inv_std if weight is None else weight * inv_std
+        coef = (k * inv_std).mul_(dgamma).mul_(-1.0 / m)
+        const = torch.addcmul(k.mul(dbeta).mul_(-1.0 / m), coef, mean, value=-1)
+        dx = _affine(xs, coef, const, out=buf)
+        if dx.is_contiguous() and dout.is_contiguous() and dx.dim() > 2:
+            rows = dx.view(dx.shape[0] * dx.shape[1], -1)
+            rows.addcmul_(dout.view(rows.shape), _per_plane(k, dx))
+        else:
+            dx.addcmul_(dout, k.view(shape))
+        dx = dx.to(x.dtype)
+    return dx, dgamma, dbeta
+
+
+def _backward_ops(dout: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, inv_std: Tensor):
+    """The compact backward in differentiable ops.
+
+    Used when the backward itself is differentiated (``create_graph=True``),
+    in which case ``mean`` and ``inv_std`` are recomputed from ``x`` by the
+    caller so that autograd sees how they depend on ``x``.
+    """
+    dims, shape, m = _layout(x)
+    xs, dout = x.to(mean.dtype), dout.to(mean.dtype)
+    x_hat = (xs - mean.view(shape)) * inv_std.view(shape)
+    dbeta = dout.sum(dims)
+    dgamma = (dout * x_hat).sum(dims)
+    k = inv_std if weight is None else weight * inv_std
+    dx = k.view(shape) * (dout - (dbeta / m).view(shape) - x_hat * (dgamma / m).view(shape))
+    return dx.to(x.dtype), dgamma, dbeta
+
+
+def _update_running(running: Tensor | None, stat: Tensor, momentum: float) -> None:
+    """``running = (1 - momentum) * running + momentum * stat``, in the statistic's dtype."""
+    if running is None:
+        return
+    with torch.no_grad():
+        if running.dtype == stat.dtype:
+            running.lerp_(stat, momentum)
+        else:  # float16 buffers: blend in float32, round once
+            running.copy_(running.to(stat.dtype).lerp_(stat, momentum))
 
 
 class BatchNormFunction(torch.autograd.Function):
     """Training-mode batch normalization with a hand-written backward.
 
-    ``forward(x, weight, bias, eps) -> (out, mean, var)``
+    ``apply(x, weight, bias, eps, running_mean=None, running_var=None,
+    momentum=0.0) -> (out, mean, var)``
 
     - ``x``: ``(N, C, ...)``; ``weight``/``bias``: ``(C,)`` or ``None``
       (``None`` means 1 and 0, as with ``affine=False``).
-    - ``out``: shape of ``x``. ``mean`` and the *biased* ``var``: ``(C,)``,
-      returned (not differentiable) so the caller can update running
-      statistics without computing them again.
+    - ``out``: shape and dtype of ``x``. ``mean`` and the *biased* ``var``:
+      ``(C,)``, float32 for float16/bfloat16 input, not differentiable.
+    - ``running_mean``/``running_var``, if given, are blended in place with
+      the batch's mean and *unbiased* variance inside the forward, as torch's
+      kernel does, so that re-running the forward (activation checkpointing)
+      updates them exactly as often as torch's layer.
 
     Saved for backward: the input ``x`` (the previous layer's output, which
     is often kept alive anyway), ``weight``, and the per-channel ``mean`` and
@@ -73,64 +233,105 @@ class BatchNormFunction(torch.autograd.Function):
     statistics. ``x_hat`` is *not* saved: it would be a second tensor as large
     as ``x``. The backward recomputes what it needs from ``x`` instead.
 
-    The backward is first-order only (``once_differentiable``): asking for a
-    gradient of the gradient raises an error rather than returning a wrong one.
+    The backward is itself differentiable: under ``create_graph=True`` it is
+    computed in differentiable ops, with the statistics recomputed from ``x``
+    (gradient penalties, MAML). ``setup_context``, ``generate_vmap_rule`` and
+    ``jvp`` make it work under ``torch.func.grad``, ``vmap`` and ``jvp``.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-        dims, shape, m = _layout(x)
-        # Per-channel (C,) results are scaled in place, sparing tiny allocations.
-        mean = _channel_sum(x, dims).mul_(1.0 / m)
-        # `out` starts as the centered input, then holds its squares (for the
-        # variance), and finally the output: one big allocation instead of three.
-        out = x - mean.view(shape)
-        var = _channel_sum(out.square_(), dims).mul_(1.0 / m)
-        inv_std = var.add(eps).rsqrt_()
-        # out = gamma * (x - mean) * inv_std + beta = x * alpha + shift, per channel.
-        alpha = inv_std if weight is None else inv_std * weight
-        if bias is None:
-            shift = alpha.mul(mean).neg_()
+    def forward(
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        running_mean: Tensor | None = None,
+        running_var: Tensor | None = None,
+        momentum: float = 0.0,
+    ):
+        m = _layout(x)[2]
+        if m == 0:  # an empty batch: nothing to normalize, nothing learned
+            c, dtype = x.shape[1], _compute_dtype(x)
+            nan = torch.full((c,), float("nan"), dtype=dtype, device=x.device)
+            return x.clone(), nan, nan.clone()
+        if _functorch_active() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            # A traced graph (torch.export, torch.compile) replays this body
+            # outside the Function, where out= arguments would meet autograd.
+            out, mean, var = _forward_ops(x, weight, bias, eps)
         else:
-            shift = torch.addcmul(bias, mean, alpha, value=-1)  # beta - mean * alpha
-        torch.addcmul(shift.view(shape), x, alpha.view(shape), out=out)
-        ctx.save_for_backward(x, weight, mean, inv_std)
-        ctx.mark_non_differentiable(mean, var)
-        ctx.set_materialize_grads(False)
+            out, mean, var = _forward_inplace(x, weight, bias, eps)
+        if m > 1:
+            _update_running(running_mean, mean, momentum)
+            _update_running(running_var, var * (m / (m - 1)), momentum)
         return out, mean, var
 
     @staticmethod
-    @once_differentiable
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, _, eps = inputs[:4]
+        _, mean, var = output
+        inv_std = torch.rsqrt(var + eps)
+        ctx.save_for_backward(x, weight, mean, inv_std)
+        ctx.save_for_forward(x, weight, mean, inv_std)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
     def backward(ctx, dout: Tensor | None, _dmean: None, _dvar: None):
-        x, weight, mean, inv_std = ctx.saved_tensors
+        no_grads = (None,) * 7
         if dout is None:
-            return None, None, None, None
-        need_x, need_w, need_b, _ = ctx.needs_input_grad
-        dims, shape, m = _layout(x)
-        # dbeta = sum(dout); dgamma = sum(dout * x_hat) = inv_std * sum(dout * (x - mean)).
-        dbeta = _channel_sum(dout, dims)
-        buf = x - mean.view(shape)
-        dgamma = _channel_sum(buf.mul_(dout), dims).mul_(inv_std)
-        dx = None
-        if need_x:
-            # The compact formula, with x_hat = (x - mean) * inv_std written
-            # out so that no x_hat tensor is ever built:
-            #   dx = k * dout - k * dbeta / M - (k * inv_std * dgamma / M) * (x - mean)
-            #      = k * dout + coef * x + const,          k = gamma * inv_std
-            # two fused multiply-adds over memory already reserved in `buf`.
-            k = inv_std if weight is None else weight * inv_std
-            coef = (k * inv_std).mul_(dgamma).mul_(-1.0 / m)
-            const = torch.addcmul(k.mul(dbeta).mul_(-1.0 / m), coef, mean, value=-1)
-            dx = torch.addcmul(const.view(shape), x, coef.view(shape), out=buf)
-            dx.addcmul_(dout, k.view(shape))
+            return no_grads
+        x, weight, mean, inv_std = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if x.numel() == 0:
+            zeros = torch.zeros(x.shape[1], dtype=mean.dtype, device=x.device)
+            dx, dgamma, dbeta = torch.zeros_like(x), zeros, zeros.clone()
+        elif torch.is_grad_enabled():
+            # create_graph=True: the gradient will be differentiated again, so
+            # the statistics must be functions of x in the graph, not constants.
+            dims, shape, _ = _layout(x)
+            xs = x.to(mean.dtype)
+            mean = xs.mean(dims)
+            var = (xs - mean.view(shape)).square().mean(dims)
+            dx, dgamma, dbeta = _backward_ops(dout, x, weight, mean, torch.rsqrt(var + ctx.eps))
+        elif _functorch_active():
+            dx, dgamma, dbeta = _backward_ops(dout, x, weight, mean, inv_std)
+        else:
+            dx, dgamma, dbeta = _backward_inplace(dout, x, weight, mean, inv_std, need_x)
+        if weight is not None:
+            dgamma, dbeta = dgamma.to(weight.dtype), dbeta.to(weight.dtype)
         return (
-            dx,
+            dx if need_x else None,
             dgamma if need_w else None,
             dbeta if need_b else None,
-            None,
-        )
+        ) + no_grads[3:]
+
+    @staticmethod
+    def jvp(ctx, dx, dweight, dbias, *_):
+        """Forward-mode derivative: with ``x_hat = (x - mean) * inv_std`` and ``y = gamma * x_hat + beta``,
+
+        ``d x_hat = inv_std * (dx - mean(dx) - x_hat * mean(x_hat * dx))``,
+        ``dy = dgamma * x_hat + gamma * d x_hat + dbeta``.
+        """
+        x, weight, mean, inv_std = ctx.saved_tensors
+        dims, shape, _ = _layout(x)
+        x_hat = (x.to(mean.dtype) - mean.view(shape)) * inv_std.view(shape)
+        dy = torch.zeros_like(x_hat)
+        if dx is not None:
+            dx = dx.to(mean.dtype)
+            centered = dx - dx.mean(dims).view(shape)
+            dx_hat = inv_std.view(shape) * (centered - x_hat * (x_hat * dx).mean(dims).view(shape))
+            dy = dy + (dx_hat if weight is None else weight.view(shape) * dx_hat)
+        if dweight is not None:
+            dy = dy + dweight.view(shape) * x_hat
+        if dbias is not None:
+            dy = dy + dbias.view(shape)
+        return dy.to(x.dtype), None, None
 
 
+@torch.fx.wrap
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -153,24 +354,52 @@ def batch_norm(
 
     Raises:
         ValueError: fewer than 2 dimensions, per-channel tensors whose size is
-            not ``C``, a non-floating input, evaluation without running
-            statistics, or a single value per channel in training.
+            not ``C`` or whose dtype torch would refuse, a non-floating input,
+            evaluation without running statistics, exactly one value per
+            channel in training, or ``eps <= 0`` in training (as torch).
     """
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+# The training Function of each path: ``bncourse.nn.fused`` adds its own under True,
+# and its evaluation map (which returns None where it does not apply).
+_TRAINING_FUNCTIONS: dict[bool, type[torch.autograd.Function]] = {}
+_FUSED_EVAL = None
+
+
+def _batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    fused: bool = False,
+) -> Tensor:
     _check_batch_norm_args(input, running_mean, running_var, weight, bias)
     dims, shape, m = _layout(input)
     if training:
-        if m <= 1:
+        if m == 1:
             raise ValueError(
                 "expected more than 1 value per channel when training, "
                 f"got input of shape {tuple(input.shape)}"
             )
-        out, mean, var = BatchNormFunction.apply(input, weight, bias, eps)
-        with torch.no_grad():
-            # r + momentum * (s - r) = (1 - momentum) * r + momentum * s, in one op.
-            if running_mean is not None:
-                running_mean.lerp_(mean, momentum)
-            if running_var is not None:
-                running_var.lerp_(var * (m / (m - 1)), momentum)
+        if not eps > 0:
+            raise ValueError(
+                f"expected eps > 0 in training (a constant channel would divide 0 by 0), got {eps!r}"
+            )
+        if torch.compiler.is_compiling():
+            # Dynamo cannot trace a Function with a custom jvp; it traces the
+            # same math in plain ops, which autograd differentiates.
+            out, mean, var = _forward_ops(input, weight, bias, eps)
+            if m > 1:
+                _update_running(running_mean, mean.detach(), momentum)
+                _update_running(running_var, var.detach() * (m / (m - 1)), momentum)
+            return out
+        function = _TRAINING_FUNCTIONS[fused]
+        out, _, _ = function.apply(input, weight, bias, eps, running_mean, running_var, momentum)
         return out
     if running_mean is None or running_var is None:
         raise ValueError(
@@ -182,7 +411,13 @@ def batch_norm(
     shift = -running_mean * alpha
     if bias is not None:
         shift = shift + bias
-    return torch.addcmul(shift.view(shape), input, alpha.view(shape))
+    if input.dtype in _REDUCED and alpha.dtype != input.dtype:
+        return _affine(input.to(alpha.dtype), alpha, shift).to(input.dtype)
+    if fused and _FUSED_EVAL is not None:
+        out = _FUSED_EVAL(input, alpha, shift)
+        if out is not None:
+            return out
+    return _affine(input, alpha, shift)
 
 
 def _check_batch_norm_args(
@@ -202,6 +437,9 @@ def _check_batch_norm_args(
     if not x.is_floating_point():
         raise ValueError(f"expected a floating-point input, got dtype {x.dtype}")
     c = x.shape[1]
+    # As torch: per-channel tensors share the input's dtype, except that
+    # float16/bfloat16 input may come with float32 ones (autocast, mixed precision).
+    allowed = (x.dtype, torch.float32) if x.dtype in _REDUCED else (x.dtype,)
     for name, t in (
         ("running_mean", running_mean),
         ("running_var", running_var),
@@ -215,8 +453,64 @@ def _check_batch_norm_args(
                 f"expected {name} of shape ({c},) for an input with {c} channels on "
                 f"axis 1 (input shape {tuple(x.shape)}), got shape {tuple(t.shape)}"
             )
-        if t.dtype != x.dtype and t.is_floating_point():
-            raise ValueError(f"expected {name} of dtype {x.dtype} (the input's), got {t.dtype}")
+        if t.is_floating_point() and t.dtype not in allowed:
+            expected = " or ".join(str(d) for d in allowed)
+            raise ValueError(
+                f"expected {name} of dtype {expected} for a {x.dtype} input, got {t.dtype}"
+            )
+
+
+@torch.fx.wrap
+def _module_forward(
+    input: Tensor,
+    layer: str,
+    accepted_dims: tuple[int, ...],
+    layout_name: str,
+    num_features: int,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float | None,
+    eps: float,
+    fused: bool = False,
+) -> Tensor:
+    """What ``_BatchNorm.forward`` does, as one function ``torch.fx`` records as a single call."""
+    if not isinstance(input, Tensor):
+        raise ValueError(f"expected a torch.Tensor input, got {type(input).__name__}")
+    check_layer_input(layer, tuple(input.shape), accepted_dims, layout_name, num_features)
+    use_batch_stats = training or running_mean is None
+    if use_batch_stats and input.numel() == input.shape[1]:
+        raise ValueError(
+            "expected more than 1 value per channel when training, "
+            f"got input of shape {tuple(input.shape)}"
+        )
+    if use_batch_stats and not eps > 0:
+        raise ValueError(
+            f"expected eps > 0 when normalizing with batch statistics (as torch), got {eps!r}"
+        )
+    factor = 0.0 if momentum is None else momentum
+    if training and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        if momentum is None:  # cumulative moving average
+            factor = 1.0 / float(num_batches_tracked)
+    update = not training or num_batches_tracked is not None
+    return _batch_norm(
+        input,
+        running_mean if update else None,
+        running_var if update else None,
+        weight,
+        bias,
+        use_batch_stats,
+        factor,
+        eps,
+        fused,
+    )
+
+
+_TRAINING_FUNCTIONS[False] = BatchNormFunction
 
 
 class _BatchNorm(nn.Module):
@@ -231,8 +525,11 @@ class _BatchNorm(nn.Module):
     """
 
     _version = 2  # as torch: state dicts of version < 2 lack num_batches_tracked
+    # Fixed at construction; TorchScript bakes them into a scripted module, as torch's.
+    __constants__ = ["num_features", "eps", "momentum", "affine", "track_running_stats"]
     _accepted_dims: tuple[int, ...] = ()
     _layout_name = ""
+    _fused = False  # True in bncourse.nn.fused's layers
 
     def __init__(
         self,
@@ -247,8 +544,13 @@ class _BatchNorm(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
+        if (
+            not isinstance(num_features, numbers.Integral)
+            or isinstance(num_features, bool)
+            or num_features < 1
+        ):
             raise ValueError(f"expected num_features to be a positive int, got {num_features!r}")
+        num_features = int(num_features)  # e.g. numpy.int64, as torch accepts
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"expected momentum in [0, 1] or None, got {momentum!r}")
         if eps < 0:
@@ -304,35 +606,61 @@ class _BatchNorm(nn.Module):
         ``momentum=None``. Evaluation mode uses the running statistics, or the
         batch's if ``track_running_stats=False``. Inputs are validated before
         any state changes, so a rejected call leaves the buffers untouched.
+        An empty batch (``N = 0``) returns an empty output and, as in torch,
+        counts in ``num_batches_tracked`` without moving the statistics.
         """
-        self._check_input(input)
-        use_batch_stats = self.training or self.running_mean is None
-        if use_batch_stats and input.numel() // input.shape[1] <= 1:
-            raise ValueError(
-                "expected more than 1 value per channel when training, "
-                f"got input of shape {tuple(input.shape)}"
-            )
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
-        update = not self.training or self.track_running_stats
-        return batch_norm(
+        if torch.jit.is_scripting():
+            return self._forward_scripted(input)
+        return _module_forward(
             input,
-            self.running_mean if update else None,
-            self.running_var if update else None,
+            type(self).__name__,
+            self._accepted_dims,
+            self._layout_name,
+            self.num_features,
+            self.running_mean,
+            self.running_var,
+            self.num_batches_tracked if self.track_running_stats else None,
             self.weight,
             self.bias,
-            use_batch_stats,
-            factor,
+            self.training,
+            self.momentum,
             self.eps,
+            self._fused,
         )
 
-    def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise ValueError(f"expected a torch.Tensor input, got {type(x).__name__}")
-        check_layer_input(type(self).__name__, tuple(x.shape), self._accepted_dims, self._layout_name, self.num_features)
+    def _forward_scripted(self, input: Tensor) -> Tensor:
+        """What ``torch.jit.script`` compiles: TorchScript cannot call an
+        ``autograd.Function``, so a scripted layer computes the same function
+        from plain ops, which autograd differentiates."""
+        if input.dim() < 2 or input.size(1) != self.num_features:
+            raise ValueError("expected input of shape (N, num_features, ...)")
+        dims = [0] + [d for d in range(2, input.dim())]
+        shape = [1, self.num_features] + [1 for _ in range(2, input.dim())]
+        running_mean, running_var = self.running_mean, self.running_var
+        num_batches_tracked = self.num_batches_tracked
+        stats_dtype = torch.float32 if input.dtype in [torch.float16, torch.bfloat16] else input.dtype
+        xs = input.to(stats_dtype)
+        if self.training or running_mean is None or running_var is None:
+            mean = xs.mean(dims)
+            var = (xs - mean.view(shape)).square().mean(dims)
+            m = input.numel() // self.num_features
+            if self.training and num_batches_tracked is not None and running_mean is not None and running_var is not None:
+                num_batches_tracked.add_(1)
+                momentum = self.momentum
+                factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+                with torch.no_grad():
+                    running_mean.copy_(running_mean.lerp(mean.detach().to(running_mean.dtype), factor))
+                    unbiased = var.detach() * (m / max(m - 1, 1))
+                    running_var.copy_(running_var.lerp(unbiased.to(running_var.dtype), factor))
+        else:
+            mean, var = running_mean.to(stats_dtype), running_var.to(stats_dtype)
+        out = (xs - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
+        weight, bias = self.weight, self.bias
+        if weight is not None:
+            out = out * weight.view(shape)
+        if bias is not None:
+            out = out + bias.view(shape)
+        return out.to(input.dtype)
 
     def extra_repr(self) -> str:
         return (
@@ -356,21 +684,21 @@ class _BatchNorm(nn.Module):
 
 
 class BatchNorm1d(_BatchNorm):
-    """Drop-in for ``torch.nn.BatchNorm1d``: inputs ``(N, C)`` or ``(N, C, L)``."""
+    """Batch norm with ``torch.nn.BatchNorm1d``'s interface: inputs ``(N, C)`` or ``(N, C, L)``."""
 
     _accepted_dims = (2, 3)
     _layout_name = "2-D (N, C) or 3-D (N, C, L)"
 
 
 class BatchNorm2d(_BatchNorm):
-    """Drop-in for ``torch.nn.BatchNorm2d``: inputs ``(N, C, H, W)``."""
+    """Batch norm with ``torch.nn.BatchNorm2d``'s interface: inputs ``(N, C, H, W)``."""
 
     _accepted_dims = (4,)
     _layout_name = "4-D (N, C, H, W)"
 
 
 class BatchNorm3d(_BatchNorm):
-    """Drop-in for ``torch.nn.BatchNorm3d``: inputs ``(N, C, D, H, W)``."""
+    """Batch norm with ``torch.nn.BatchNorm3d``'s interface: inputs ``(N, C, D, H, W)``."""
 
     _accepted_dims = (5,)
     _layout_name = "5-D (N, C, D, H, W)"
