@@ -362,3 +362,16 @@ def sync_bn_bytes_per_step(model: "torch.nn.Module") -> int:
             stat_bytes = 8 if m.running_mean is not None and m.running_mean.dtype.itemsize == 8 else 4
             total += (2 * c + 2) * 8 + 2 * c * stat_bytes
     return total
+
+
+def torch_sync_batchnorm_on_cpu(rank: int, world_size: int) -> str:
+    """(A worker for :func:`launch`.) What ``torch.nn.SyncBatchNorm`` says to a CPU batch in a
+    process group of ``world_size`` > 1; "" if it accepts it."""
+    import torch
+
+    layer = torch.nn.SyncBatchNorm(3)
+    try:
+        layer(torch.randn(4, 3))
+    except (RuntimeError, ValueError) as err:
+        return str(err)
+    return ""
