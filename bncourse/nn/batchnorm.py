@@ -212,6 +212,19 @@ def _update_running(running: Tensor | None, stat: Tensor, momentum: float) -> No
             running.copy_(running.to(stat.dtype).lerp_(stat, momentum))
 
 
+def _update_running_buffers(
+    running_mean: Tensor | None, running_var: Tensor | None, mean: Tensor, var: Tensor, m: int, momentum: float
+) -> None:
+    """Blend a batch's ``mean`` and biased ``var`` (over ``m`` values per channel) into the running buffers.
+
+    The running variance takes the *unbiased* ``var * m / (m - 1)``, as torch's;
+    a batch of one value per channel (or none) moves nothing.
+    """
+    if m > 1:
+        _update_running(running_mean, mean, momentum)
+        _update_running(running_var, var * (m / (m - 1)), momentum)
+
+
 class BatchNormFunction(torch.autograd.Function):
     """Training-mode batch normalization with a hand-written backward.
 
@@ -262,9 +275,7 @@ class BatchNormFunction(torch.autograd.Function):
             out, mean, var = _forward_ops(x, weight, bias, eps)
         else:
             out, mean, var = _forward_inplace(x, weight, bias, eps)
-        if m > 1:
-            _update_running(running_mean, mean, momentum)
-            _update_running(running_var, var * (m / (m - 1)), momentum)
+        _update_running_buffers(running_mean, running_var, mean, var, m, momentum)
         return out, mean, var
 
     @staticmethod
@@ -394,9 +405,7 @@ def _batch_norm(
             # Dynamo cannot trace a Function with a custom jvp; it traces the
             # same math in plain ops, which autograd differentiates.
             out, mean, var = _forward_ops(input, weight, bias, eps)
-            if m > 1:
-                _update_running(running_mean, mean.detach(), momentum)
-                _update_running(running_var, var.detach() * (m / (m - 1)), momentum)
+            _update_running_buffers(running_mean, running_var, mean.detach(), var.detach(), m, momentum)
             return out
         function = _TRAINING_FUNCTIONS[fused]
         out, _, _ = function.apply(input, weight, bias, eps, running_mean, running_var, momentum)
@@ -460,12 +469,18 @@ def _check_batch_norm_args(
             )
 
 
+def _check_layer_input(input: Tensor, layer: str, accepted_dims: tuple[int, ...], num_features: int) -> None:
+    """A layer's input: a tensor of an accepted rank with ``num_features`` channels on axis 1."""
+    if not isinstance(input, Tensor):
+        raise ValueError(f"expected a torch.Tensor input, got {type(input).__name__}")
+    check_layer_input(layer, tuple(input.shape), accepted_dims, num_features)
+
+
 @torch.fx.wrap
 def _module_forward(
     input: Tensor,
     layer: str,
     accepted_dims: tuple[int, ...],
-    layout_name: str,
     num_features: int,
     running_mean: Tensor | None,
     running_var: Tensor | None,
@@ -478,9 +493,7 @@ def _module_forward(
     fused: bool = False,
 ) -> Tensor:
     """What ``_BatchNorm.forward`` does, as one function ``torch.fx`` records as a single call."""
-    if not isinstance(input, Tensor):
-        raise ValueError(f"expected a torch.Tensor input, got {type(input).__name__}")
-    check_layer_input(layer, tuple(input.shape), accepted_dims, layout_name, num_features)
+    _check_layer_input(input, layer, accepted_dims, num_features)
     use_batch_stats = training or running_mean is None
     if use_batch_stats and input.numel() == input.shape[1]:
         raise ValueError(
@@ -528,7 +541,6 @@ class _BatchNorm(nn.Module):
     # Fixed at construction; TorchScript bakes them into a scripted module, as torch's.
     __constants__ = ["num_features", "eps", "momentum", "affine", "track_running_stats"]
     _accepted_dims: tuple[int, ...] = ()
-    _layout_name = ""
     _fused = False  # True in bncourse.nn.fused's layers
 
     def __init__(
@@ -615,7 +627,6 @@ class _BatchNorm(nn.Module):
             input,
             type(self).__name__,
             self._accepted_dims,
-            self._layout_name,
             self.num_features,
             self.running_mean,
             self.running_var,
@@ -627,6 +638,27 @@ class _BatchNorm(nn.Module):
             self.eps,
             self._fused,
         )
+
+    def _check_input(self, input: Tensor) -> None:
+        """Raise ``ValueError`` unless ``input`` is a tensor this layer accepts (rank, channels)."""
+        _check_layer_input(input, type(self).__name__, self._accepted_dims, self.num_features)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, unbiased_var: Tensor) -> None:
+        """Count one training step and blend ``mean`` and ``unbiased_var`` (``(C,)``) into the buffers.
+
+        For the subclasses that compute their own statistics (Batch Renorm,
+        ghost batches, synchronized batches): weight ``momentum`` on the new
+        value, or ``1 / num_batches_tracked`` (the cumulative average) when
+        ``momentum=None``, as torch.
+        """
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked)
+        else:
+            factor = self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
 
     def _forward_scripted(self, input: Tensor) -> Tensor:
         """What ``torch.jit.script`` compiles: TorchScript cannot call an
@@ -687,18 +719,15 @@ class BatchNorm1d(_BatchNorm):
     """Batch norm with ``torch.nn.BatchNorm1d``'s interface: inputs ``(N, C)`` or ``(N, C, L)``."""
 
     _accepted_dims = (2, 3)
-    _layout_name = "2-D (N, C) or 3-D (N, C, L)"
 
 
 class BatchNorm2d(_BatchNorm):
     """Batch norm with ``torch.nn.BatchNorm2d``'s interface: inputs ``(N, C, H, W)``."""
 
     _accepted_dims = (4,)
-    _layout_name = "4-D (N, C, H, W)"
 
 
 class BatchNorm3d(_BatchNorm):
     """Batch norm with ``torch.nn.BatchNorm3d``'s interface: inputs ``(N, C, D, H, W)``."""
 
     _accepted_dims = (5,)
-    _layout_name = "5-D (N, C, D, H, W)"

@@ -284,16 +284,6 @@ class SyncBatchNorm(_BatchNorm):
                 input, self.weight, self.bias, mean64.to(sd), inv_std, count, group
             )
 
-    @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, unbiased_var: Tensor) -> None:
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:  # cumulative moving average, as torch
-            factor = 1.0 / float(self.num_batches_tracked)
-        else:
-            factor = self.momentum
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
-
     def _eval_forward(self, x: Tensor) -> Tensor:
         """``x * alpha + (bias - running_mean * alpha)``, ``alpha = weight / sqrt(running_var + eps)``."""
         _, shape = _layout(x)
