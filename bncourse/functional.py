@@ -78,15 +78,19 @@ def _check_input(x: np.ndarray, name: str = "x") -> None:
         raise ValueError(f"expected {name} to have a floating dtype, got {x.dtype}")
 
 
-def check_layer_input(
-    layer: str, shape: tuple[int, ...], accepted_ndims: tuple[int, ...], layout: str, num_features: int
-) -> None:
+# How each input rank a layer may accept reads in error messages.
+_LAYOUTS = {2: "2-D (N, C)", 3: "3-D (N, C, L)", 4: "4-D (N, C, H, W)", 5: "5-D (N, C, D, H, W)"}
+
+
+def check_layer_input(layer: str, shape: tuple[int, ...], accepted_ndims: tuple[int, ...], num_features: int) -> None:
     """The rank and channel checks every batch-norm layer makes, NumPy or torch alike.
 
-    ``layer`` names the layer in the message, ``layout`` describes the accepted
-    ranks (e.g. ``"2-D (N, C) or 3-D (N, C, L)"``). Raises ``ValueError``.
+    ``layer`` names the layer in the message; ``accepted_ndims`` are the ranks
+    it takes, e.g. ``(2, 3)``, described in the message as
+    ``"2-D (N, C) or 3-D (N, C, L)"``. Raises ``ValueError``.
     """
     if len(shape) not in accepted_ndims:
+        layout = " or ".join(_LAYOUTS[n] for n in accepted_ndims)
         raise ValueError(f"{layer} expected {layout} input, got {len(shape)}-D input of shape {tuple(shape)}")
     if shape[1] != num_features:
         raise ValueError(

@@ -33,7 +33,6 @@ class _BatchNorm:
     """Shared machinery; subclasses only say which input ranks they accept."""
 
     _accepted_ndims: tuple[int, ...] = ()
-    _expected_layout: str = ""
 
     def __init__(
         self,
@@ -219,7 +218,7 @@ class _BatchNorm:
                 f"{' or float16' if self.dtype == np.float32 else ''}), got dtype {x.dtype}: "
                 f"convert the input with x.astype(np.{self.dtype}) or build the layer with dtype=np.{x.dtype}"
             )
-        check_layer_input(type(self).__name__, x.shape, self._accepted_ndims, self._expected_layout, self.num_features)
+        check_layer_input(type(self).__name__, x.shape, self._accepted_ndims, self.num_features)
 
     def __repr__(self) -> str:
         return (
@@ -232,21 +231,18 @@ class BatchNorm1d(_BatchNorm):
     """Batch normalization over ``(N, C)`` or ``(N, C, L)`` inputs, like ``torch.nn.BatchNorm1d``."""
 
     _accepted_ndims = (2, 3)
-    _expected_layout = "2-D (N, C) or 3-D (N, C, L)"
 
 
 class BatchNorm2d(_BatchNorm):
     """Batch normalization over ``(N, C, H, W)`` inputs, like ``torch.nn.BatchNorm2d``."""
 
     _accepted_ndims = (4,)
-    _expected_layout = "4-D (N, C, H, W)"
 
 
 class BatchNorm3d(_BatchNorm):
     """Batch normalization over ``(N, C, D, H, W)`` inputs, like ``torch.nn.BatchNorm3d``."""
 
     _accepted_ndims = (5,)
-    _expected_layout = "5-D (N, C, D, H, W)"
 
 
 def _to_numpy(value: Any) -> np.ndarray:

@@ -31,8 +31,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
-from ..functional import check_layer_input
-from .batchnorm import _BatchNorm
+from .batchnorm import _BatchNorm, _layout
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenormFunction", "LinearRamp"]
 
@@ -65,11 +64,6 @@ class LinearRamp:
 
 
 Limit = Union[float, Callable[[int], float]]
-
-
-def _layout(x: Tensor) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-    c = x.shape[1]
-    return (0,) + tuple(range(2, x.dim())), (1, c) + (1,) * (x.dim() - 2), x.numel() // c
 
 
 class BatchRenormFunction(torch.autograd.Function):
@@ -136,9 +130,6 @@ class _BatchRenorm(_BatchNorm):
         d_max: the limit of ``d`` (>= 0), likewise.
     """
 
-    _accepted_dims: tuple[int, ...] = ()
-    _layout_name = ""
-
     def __init__(
         self,
         num_features: int,
@@ -165,10 +156,7 @@ class _BatchRenorm(_BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         """Training: renormalized batch statistics, running ones updated. Eval: batch norm's output."""
-        if not isinstance(input, Tensor):
-            raise ValueError(f"expected a torch.Tensor input, got {type(input).__name__}")
-        check_layer_input(type(self).__name__, tuple(input.shape), self._accepted_dims, self._layout_name,
-                          self.num_features)
+        self._check_input(input)
         dims, shape, m = _layout(input)
         if not self.training:
             inv_sigma = (self.running_var + self.eps).rsqrt()
@@ -187,11 +175,7 @@ class _BatchRenorm(_BatchNorm):
             r = (sigma_b / sigma).clamp(1.0 / r_max, r_max)
             d = ((mean_b - self.running_mean) / sigma).clamp(-d_max, d_max)
         out, mean, var = BatchRenormFunction.apply(input, self.weight, self.bias, r, d, self.eps)
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            self.running_mean.lerp_(mean, factor)
-            self.running_var.lerp_(var * (m / (m - 1)), factor)
+        self._update_running_stats(mean, var * (m / (m - 1)))
         return out
 
     def extra_repr(self) -> str:
@@ -202,11 +186,9 @@ class BatchRenorm1d(_BatchRenorm):
     """Batch Renorm for ``(N, C)`` or ``(N, C, L)`` inputs."""
 
     _accepted_dims = (2, 3)
-    _layout_name = "2-D (N, C) or 3-D (N, C, L)"
 
 
 class BatchRenorm2d(_BatchRenorm):
     """Batch Renorm for ``(N, C, H, W)`` inputs."""
 
     _accepted_dims = (4,)
-    _layout_name = "4-D (N, C, H, W)"

@@ -20,6 +20,10 @@ Shapes: the input is ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)`` or
 ``M = x.numel() // C`` values share each channel's mean and variance.
 float16 and bfloat16 inputs are normalized with float32 statistics, as torch
 does; the output keeps the input's dtype.
+
+The arithmetic (the fast passes over memory and their differentiable
+counterparts) is in :mod:`bncourse.nn._passes`; this module holds the
+``autograd.Function``, the functional API and the layers.
 """
 
 from __future__ import annotations
@@ -31,6 +35,16 @@ import torch.fx
 from torch import Tensor, nn
 
 from ..functional import check_layer_input
+from ._passes import (
+    _REDUCED,
+    _affine,
+    _backward_inplace,
+    _backward_ops,
+    _compute_dtype,
+    _forward_inplace,
+    _forward_ops,
+    _layout,
+)
 
 __all__ = [
     "BatchNormFunction",
@@ -40,165 +54,11 @@ __all__ = [
     "BatchNorm3d",
 ]
 
-_REDUCED = (torch.float16, torch.bfloat16)
-
-
-def _layout(x: Tensor) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-    """Reduction axes, the broadcast shape of a ``(C,)`` vector, and ``M``."""
-    c = x.shape[1]
-    dims = (0,) + tuple(range(2, x.dim()))
-    shape = (1, c) + (1,) * (x.dim() - 2)
-    return dims, shape, x.numel() // c if c else 0
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """float32 for float16/bfloat16 inputs (their sums overflow or round away), else the input's."""
-    return torch.float32 if x.dtype in _REDUCED else x.dtype
-
 
 def _functorch_active() -> bool:
     """True inside ``torch.func.grad``/``vmap``/``jvp``, where only out-of-place ops are safe."""
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(active is not None and active())
-
-
-def _channel_sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """Sum over every axis but 1, returning ``(C,)``, reading memory in order.
-
-    Contiguous ``(N, C, ...)``: view as ``(N, C, L)`` and sum the contiguous
-    ``L`` axis first, then ``N``. Channels-last (the channel axis has stride
-    1): view as ``(rows, C)`` and sum the rows, so each row is one contiguous
-    load of all channels. Any other layout: one strided reduction.
-    """
-    c = t.shape[1]
-    if t.dim() > 2:
-        if t.is_contiguous():
-            return t.view(t.shape[0], c, -1).sum(2).sum(0)
-        rows = t.movedim(1, -1)
-        if rows.is_contiguous():
-            return rows.view(-1, c).sum(0)
-    return t.sum(dims)
-
-
-def _per_plane(v: Tensor, x: Tensor) -> Tensor:
-    """A ``(C,)`` vector as one value per contiguous ``(n, c)`` plane of ``x``: ``(N * C, 1)``."""
-    n, c = x.shape[:2]
-    return v.view(1, c).expand(n, c).reshape(n * c, 1)
-
-
-def _affine(x: Tensor, alpha: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
-    """``x * alpha + shift`` with ``(C,)`` coefficients broadcast along axis 1, in one pass.
-
-    A contiguous ``(N, C, ...)`` input is viewed as ``N * C`` rows, each scaled
-    by one number: torch's kernels run that faster than a broadcast over axis 1.
-    """
-    if x.dim() > 2 and x.is_contiguous() and (out is None or out.is_contiguous()):
-        rows = x.view(x.shape[0] * x.shape[1], -1)
-        target = None if out is None else out.view(rows.shape)
-        result = torch.addcmul(_per_plane(shift, x), rows, _per_plane(alpha, x), out=target)
-        return result.view(x.shape)
-    shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
-    return torch.addcmul(shift.view(shape), x, alpha.view(shape), out=out)
-
-
-def _channel_sum_of_squares(t: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """``(t ** 2)`` summed over every axis but 1, ``(C,)``.
-
-    For contiguous layouts ``torch.linalg.vector_norm`` squares and adds in one
-    read, with no ``t ** 2`` tensor in memory; channels-last rows reduce faster
-    as an in-place square and a row sum.
-    """
-    if t.dim() > 2 and t.is_contiguous():
-        return torch.linalg.vector_norm(t.view(t.shape[0], t.shape[1], -1), dim=2).square_().sum(0)
-    if t.dim() == 2 and t.is_contiguous():
-        return torch.linalg.vector_norm(t, dim=0).square_()
-    return _channel_sum(t.square_(), dims)
-
-
-def _forward_inplace(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-    """The fast training forward: two-pass statistics, the output written once.
-
-    Returns ``(out, mean, var)``; ``mean`` and the biased ``var`` are ``(C,)``
-    in the compute dtype (float32 for reduced-precision input).
-    """
-    dims, shape, m = _layout(x)
-    xs = x.to(_compute_dtype(x))
-    # Per-channel (C,) results are scaled in place, sparing tiny allocations.
-    mean = _channel_sum(xs, dims).mul_(1.0 / m)
-    # `out` starts as the centered input (for the variance), then holds the
-    # output: one big allocation instead of two.
-    out = xs - mean.view(shape)
-    var = _channel_sum_of_squares(out, dims).mul_(1.0 / m)
-    inv_std = var.add(eps).rsqrt_()
-    # out = gamma * (x - mean) * inv_std + beta = x * alpha + shift, per channel.
-    alpha = inv_std if weight is None else inv_std * weight
-    if bias is None:
-        shift = alpha.mul(mean).neg_()
-    else:
-        shift = torch.addcmul(bias.to(alpha.dtype), mean, alpha, value=-1)  # beta - mean * alpha
-    _affine(xs, alpha, shift, out=out)
-    return out.to(x.dtype), mean, var
-
-
-def _forward_ops(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-    """The same forward in out-of-place, differentiable ops (for ``torch.func`` transforms)."""
-    dims, shape, _ = _layout(x)
-    xs = x.to(_compute_dtype(x))
-    mean = xs.mean(dims)
-    centered = xs - mean.view(shape)
-    var = centered.square().mean(dims)
-    alpha = torch.rsqrt(var + eps)
-    if weight is not None:
-        alpha = alpha * weight
-    out = centered * alpha.view(shape)
-    if bias is not None:
-        out = out + bias.view(shape)
-    return out.to(x.dtype), mean, var
-
-
-def _backward_inplace(dout: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, inv_std: Tensor, need_x: bool):
-    """The compact backward, first order only, in a handful of passes over memory."""
-    dims, shape, m = _layout(x)
-    xs, dout = x.to(mean.dtype), dout.to(mean.dtype)
-    # dbeta = sum(dout); dgamma = sum(dout * x_hat) = inv_std * sum(dout * (x - mean)).
-    dbeta = _channel_sum(dout, dims)
-    buf = xs - mean.view(shape)
-    dgamma = _channel_sum(buf.mul_(dout), dims).mul_(inv_std)
-    dx = None
-    if need_x:
-        # The compact formula, with x_hat = (x - mean) * inv_std written
-        # out so that no x_hat tensor is ever built:
-        #   dx = k * dout - k * dbeta / M - (k * inv_std * dgamma / M) * (x - mean)
-        #      = k * dout + coef * x + const,          k = gamma * inv_std
-        # two fused multiply-adds over memory already reserved in `buf`.
-        k = inv_std if weight is None else weight * inv_std
-        coef = (k * inv_std).mul_(dgamma).mul_(-1.0 / m)
-        const = torch.addcmul(k.mul(dbeta).mul_(-1.0 / m), coef, mean, value=-1)
-        dx = _affine(xs, coef, const, out=buf)
-        if dx.is_contiguous() and dout.is_contiguous() and dx.dim() > 2:
-            rows = dx.view(dx.shape[0] * dx.shape[1], -1)
-            rows.addcmul_(dout.view(rows.shape), _per_plane(k, dx))
-        else:
-            dx.addcmul_(dout, k.view(shape))
-        dx = dx.to(x.dtype)
-    return dx, dgamma, dbeta
-
-
-def _backward_ops(dout: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, inv_std: Tensor):
-    """The compact backward in differentiable ops.
-
-    Used when the backward itself is differentiated (``create_graph=True``),
-    in which case ``mean`` and ``inv_std`` are recomputed from ``x`` by the
-    caller so that autograd sees how they depend on ``x``.
-    """
-    dims, shape, m = _layout(x)
-    xs, dout = x.to(mean.dtype), dout.to(mean.dtype)
-    x_hat = (xs - mean.view(shape)) * inv_std.view(shape)
-    dbeta = dout.sum(dims)
-    dgamma = (dout * x_hat).sum(dims)
-    k = inv_std if weight is None else weight * inv_std
-    dx = k.view(shape) * (dout - (dbeta / m).view(shape) - x_hat * (dgamma / m).view(shape))
-    return dx.to(x.dtype), dgamma, dbeta
 
 
 def _update_running(running: Tensor | None, stat: Tensor, momentum: float) -> None:
@@ -210,6 +70,19 @@ def _update_running(running: Tensor | None, stat: Tensor, momentum: float) -> No
             running.lerp_(stat, momentum)
         else:  # float16 buffers: blend in float32, round once
             running.copy_(running.to(stat.dtype).lerp_(stat, momentum))
+
+
+def _update_running_buffers(
+    running_mean: Tensor | None, running_var: Tensor | None, mean: Tensor, var: Tensor, m: int, momentum: float
+) -> None:
+    """Blend a batch's ``mean`` and biased ``var`` (over ``m`` values per channel) into the running buffers.
+
+    The running variance takes the *unbiased* ``var * m / (m - 1)``, as torch's;
+    a batch of one value per channel (or none) moves nothing.
+    """
+    if m > 1:
+        _update_running(running_mean, mean, momentum)
+        _update_running(running_var, var * (m / (m - 1)), momentum)
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -262,9 +135,7 @@ class BatchNormFunction(torch.autograd.Function):
             out, mean, var = _forward_ops(x, weight, bias, eps)
         else:
             out, mean, var = _forward_inplace(x, weight, bias, eps)
-        if m > 1:
-            _update_running(running_mean, mean, momentum)
-            _update_running(running_var, var * (m / (m - 1)), momentum)
+        _update_running_buffers(running_mean, running_var, mean, var, m, momentum)
         return out, mean, var
 
     @staticmethod
@@ -394,9 +265,7 @@ def _batch_norm(
             # Dynamo cannot trace a Function with a custom jvp; it traces the
             # same math in plain ops, which autograd differentiates.
             out, mean, var = _forward_ops(input, weight, bias, eps)
-            if m > 1:
-                _update_running(running_mean, mean.detach(), momentum)
-                _update_running(running_var, var.detach() * (m / (m - 1)), momentum)
+            _update_running_buffers(running_mean, running_var, mean.detach(), var.detach(), m, momentum)
             return out
         function = _TRAINING_FUNCTIONS[fused]
         out, _, _ = function.apply(input, weight, bias, eps, running_mean, running_var, momentum)
@@ -460,12 +329,18 @@ def _check_batch_norm_args(
             )
 
 
+def _check_layer_input(input: Tensor, layer: str, accepted_dims: tuple[int, ...], num_features: int) -> None:
+    """A layer's input: a tensor of an accepted rank with ``num_features`` channels on axis 1."""
+    if not isinstance(input, Tensor):
+        raise ValueError(f"expected a torch.Tensor input, got {type(input).__name__}")
+    check_layer_input(layer, tuple(input.shape), accepted_dims, num_features)
+
+
 @torch.fx.wrap
 def _module_forward(
     input: Tensor,
     layer: str,
     accepted_dims: tuple[int, ...],
-    layout_name: str,
     num_features: int,
     running_mean: Tensor | None,
     running_var: Tensor | None,
@@ -478,9 +353,7 @@ def _module_forward(
     fused: bool = False,
 ) -> Tensor:
     """What ``_BatchNorm.forward`` does, as one function ``torch.fx`` records as a single call."""
-    if not isinstance(input, Tensor):
-        raise ValueError(f"expected a torch.Tensor input, got {type(input).__name__}")
-    check_layer_input(layer, tuple(input.shape), accepted_dims, layout_name, num_features)
+    _check_layer_input(input, layer, accepted_dims, num_features)
     use_batch_stats = training or running_mean is None
     if use_batch_stats and input.numel() == input.shape[1]:
         raise ValueError(
@@ -528,7 +401,6 @@ class _BatchNorm(nn.Module):
     # Fixed at construction; TorchScript bakes them into a scripted module, as torch's.
     __constants__ = ["num_features", "eps", "momentum", "affine", "track_running_stats"]
     _accepted_dims: tuple[int, ...] = ()
-    _layout_name = ""
     _fused = False  # True in bncourse.nn.fused's layers
 
     def __init__(
@@ -615,7 +487,6 @@ class _BatchNorm(nn.Module):
             input,
             type(self).__name__,
             self._accepted_dims,
-            self._layout_name,
             self.num_features,
             self.running_mean,
             self.running_var,
@@ -627,6 +498,27 @@ class _BatchNorm(nn.Module):
             self.eps,
             self._fused,
         )
+
+    def _check_input(self, input: Tensor) -> None:
+        """Raise ``ValueError`` unless ``input`` is a tensor this layer accepts (rank, channels)."""
+        _check_layer_input(input, type(self).__name__, self._accepted_dims, self.num_features)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, unbiased_var: Tensor) -> None:
+        """Count one training step and blend ``mean`` and ``unbiased_var`` (``(C,)``) into the buffers.
+
+        For the subclasses that compute their own statistics (Batch Renorm,
+        ghost batches, synchronized batches): weight ``momentum`` on the new
+        value, or ``1 / num_batches_tracked`` (the cumulative average) when
+        ``momentum=None``, as torch.
+        """
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked)
+        else:
+            factor = self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
 
     def _forward_scripted(self, input: Tensor) -> Tensor:
         """What ``torch.jit.script`` compiles: TorchScript cannot call an
@@ -687,18 +579,15 @@ class BatchNorm1d(_BatchNorm):
     """Batch norm with ``torch.nn.BatchNorm1d``'s interface: inputs ``(N, C)`` or ``(N, C, L)``."""
 
     _accepted_dims = (2, 3)
-    _layout_name = "2-D (N, C) or 3-D (N, C, L)"
 
 
 class BatchNorm2d(_BatchNorm):
     """Batch norm with ``torch.nn.BatchNorm2d``'s interface: inputs ``(N, C, H, W)``."""
 
     _accepted_dims = (4,)
-    _layout_name = "4-D (N, C, H, W)"
 
 
 class BatchNorm3d(_BatchNorm):
     """Batch norm with ``torch.nn.BatchNorm3d``'s interface: inputs ``(N, C, D, H, W)``."""
 
     _accepted_dims = (5,)
-    _layout_name = "5-D (N, C, D, H, W)"

@@ -46,7 +46,7 @@ from .batchnorm import (
     BatchNormFunction,
     _batch_norm,
     _functorch_active,
-    _update_running,
+    _update_running_buffers,
 )
 
 __all__ = [
@@ -187,9 +187,7 @@ class FusedBatchNormFunction(BatchNormFunction):
             _run(kernels.affine_planes, args, xv.shape[0] * c)
         else:
             _run(kernels.affine_rows, args, xv.shape[0])
-        if m > 1:
-            _update_running(running_mean, mean, momentum)
-            _update_running(running_var, var * (m / (m - 1)), momentum)
+        _update_running_buffers(running_mean, running_var, mean, var, m, momentum)
         return out, mean, var
 
     @staticmethod

@@ -24,8 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..functional import check_layer_input
-from .batchnorm import _BatchNorm, batch_norm
+from .batchnorm import _BatchNorm, _layout, batch_norm
 
 __all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "ghost_batch_norm"]
 
@@ -67,14 +66,14 @@ def ghost_batch_norm(
         b = None if bias is None else bias.repeat(g)
         outs.append(_unghost_view(batch_norm(xg, None, None, w, b, training=True, eps=eps), full, c))
         with torch.no_grad():
-            dims = (0,) + tuple(range(2, xg.dim()))
+            dims = _layout(xg)[0]
             means.append(xg.mean(dims).view(g, c))
             variances.append(xg.var(dims, unbiased=True).view(g, c))
     if full < n:  # the remainder, normalized on its own
         tail = x[full:]
         outs.append(batch_norm(tail, None, None, weight, bias, training=True, eps=eps))
         with torch.no_grad():
-            dims = (0,) + tuple(range(2, tail.dim()))
+            dims = _layout(tail)[0]
             means.append(tail.mean(dims).view(1, c))
             variances.append(tail.var(dims, unbiased=True).view(1, c))
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -83,9 +82,6 @@ def ghost_batch_norm(
 
 class _GhostBatchNorm(_BatchNorm):
     """``BatchNorm*d`` whose training mode normalizes each ghost batch of ``virtual_batch_size`` rows."""
-
-    _accepted_dims: tuple[int, ...] = ()
-    _layout_name = ""
 
     def __init__(
         self,
@@ -103,19 +99,12 @@ class _GhostBatchNorm(_BatchNorm):
         self.virtual_batch_size = virtual_batch_size
 
     def forward(self, input: Tensor) -> Tensor:
-        if not isinstance(input, Tensor):
-            raise ValueError(f"expected a torch.Tensor input, got {type(input).__name__}")
-        check_layer_input(type(self).__name__, tuple(input.shape), self._accepted_dims, self._layout_name,
-                          self.num_features)
+        self._check_input(input)
         if not self.training:
             return batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
                               training=False, eps=self.eps)
         out, mean, var = ghost_batch_norm(input, self.virtual_batch_size, self.weight, self.bias, self.eps)
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            self.running_mean.lerp_(mean, factor)
-            self.running_var.lerp_(var, factor)
+        self._update_running_stats(mean, var)  # var: already the unbiased average
         return out
 
     def extra_repr(self) -> str:
@@ -126,11 +115,9 @@ class GhostBatchNorm1d(_GhostBatchNorm):
     """Ghost batch norm for ``(N, C)`` or ``(N, C, L)`` inputs."""
 
     _accepted_dims = (2, 3)
-    _layout_name = "2-D (N, C) or 3-D (N, C, L)"
 
 
 class GhostBatchNorm2d(_GhostBatchNorm):
     """Ghost batch norm for ``(N, C, H, W)`` inputs."""
 
     _accepted_dims = (4,)
-    _layout_name = "4-D (N, C, H, W)"

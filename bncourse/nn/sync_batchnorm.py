@@ -48,14 +48,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm, _layout
 
 __all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "local_moments"]
-
-
-def _layout(x: Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Reduction axes (all but 1) and the broadcast shape of a ``(C,)`` vector."""
-    return (0,) + tuple(range(2, x.dim())), (1, x.shape[1]) + (1,) * (x.dim() - 2)
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -70,9 +65,8 @@ def local_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
     squared deviations from ``mean``) are ``(C,)`` in the statistics dtype,
     computed in two passes. An empty input gives ``n = 0`` and zeros.
     """
-    dims, shape = _layout(x)
+    dims, shape, n = _layout(x)
     c = x.shape[1]
-    n = x.numel() // c if c else 0
     sd = _stat_dtype(x.dtype)
     if n == 0:
         zeros = torch.zeros(c, dtype=sd, device=x.device)
@@ -149,7 +143,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, inv_std, count, group):
-        _, shape = _layout(x)
+        _, shape, _ = _layout(x)
         sd = mean.dtype
         alpha = inv_std if weight is None else inv_std * weight.to(sd)
         shift = -mean * alpha
@@ -164,7 +158,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
     def backward(ctx, dout):
         x, weight, mean, inv_std = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dims, shape = _layout(x)
+        dims, shape, _ = _layout(x)
         sd = mean.dtype
         dy = dout.to(sd)
         xmu = x.to(sd) - mean.view(shape)
@@ -284,19 +278,9 @@ class SyncBatchNorm(_BatchNorm):
                 input, self.weight, self.bias, mean64.to(sd), inv_std, count, group
             )
 
-    @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, unbiased_var: Tensor) -> None:
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:  # cumulative moving average, as torch
-            factor = 1.0 / float(self.num_batches_tracked)
-        else:
-            factor = self.momentum
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
-
     def _eval_forward(self, x: Tensor) -> Tensor:
         """``x * alpha + (bias - running_mean * alpha)``, ``alpha = weight / sqrt(running_var + eps)``."""
-        _, shape = _layout(x)
+        _, shape, _ = _layout(x)
         sd = _stat_dtype(x.dtype)
         alpha = torch.rsqrt(self.running_var.to(sd) + self.eps)
         if self.weight is not None:
