@@ -58,13 +58,19 @@ def _env() -> dict[str, str]:
     return env
 
 
-def ensure_venv() -> None:
+def _venv_python() -> Path:
+    """The python of .venv/, creating the virtual environment first if it is not there."""
     if sys.version_info < (3, 10):
         sys.exit(f"Python 3.10+ is needed (3.11 recommended), this is {sys.version.split()[0]}")
     python = BIN / "python"
     if not python.exists():
         print(f"Creating the virtual environment in {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
+    return python
+
+
+def ensure_venv() -> None:
+    python = _venv_python()
     digest = _digest()
     if STAMP.exists() and STAMP.read_text() == digest:
         return
@@ -131,12 +137,7 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 
 def ensure_lab_venv() -> None:
     """Install what the exercises need into .venv/ when something is missing; a no-op otherwise."""
-    if sys.version_info < (3, 10):
-        sys.exit(f"Python 3.10+ is needed (3.11 recommended), this is {sys.version.split()[0]}")
-    python = BIN / "python"
-    if not python.exists():
-        print(f"Creating the virtual environment in {VENV}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
+    python = _venv_python()
     missing = _missing(python, [*LAB_PACKAGES, "bncourse"])
     if not missing:
         return

@@ -10,6 +10,8 @@ from torch import nn
 
 import bncourse.nn as bnn
 
+import function_cases  # the helper sits next to this file
+
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 SHAPES = {  # (our class, torch class, input shape)
     "1d-2D": (bnn.BatchNorm1d, nn.BatchNorm1d, (16, 5)),
@@ -121,20 +123,11 @@ def test_running_var_is_unbiased_and_momentum_weights_the_new_value():
     torch.testing.assert_close(layer.running_var, 0.75 + 0.25 * x.var(0, unbiased=True))
 
 
-@pytest.mark.parametrize("shape", [(5, 3), (4, 3, 2), (2, 3, 2, 2), (2, 3, 1, 2, 2)])
+@pytest.mark.parametrize("shape", function_cases.SHAPES)
 def test_function_gradcheck_float64(shape):
-    torch.manual_seed(0)
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-
-    def f(x, w, b):
-        return bnn.BatchNormFunction.apply(x, w, b, 1e-5)[0]
-
-    assert torch.autograd.gradcheck(f, (x, w, b))
-    assert torch.autograd.gradcheck(
-        lambda x: bnn.BatchNormFunction.apply(x, None, None, 1e-5)[0], (x,)
-    )
+    x, w, b = function_cases.inputs(shape)
+    assert torch.autograd.gradcheck(function_cases.normalized, (x, w, b))
+    assert torch.autograd.gradcheck(function_cases.normalized, (x,))
 
 
 def test_modules_gradcheck_train_and_eval():

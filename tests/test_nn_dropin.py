@@ -20,6 +20,8 @@ from torch.utils.checkpoint import checkpoint
 
 import bncourse.nn as bnn
 
+import function_cases  # the helper sits next to this file
+
 F64 = dict(rtol=1e-10, atol=1e-10)
 LAYERS = {1: (bnn.BatchNorm1d, nn.BatchNorm1d), 2: (bnn.BatchNorm2d, nn.BatchNorm2d), 3: (bnn.BatchNorm3d, nn.BatchNorm3d)}
 
@@ -42,18 +44,11 @@ def _assert_same_buffers(ours, ref, **tol):
 # -- second order -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(5, 3), (4, 3, 2), (2, 3, 2, 2), (2, 3, 1, 2, 2)], ids=["1d", "1d-L", "2d", "3d"])
+@pytest.mark.parametrize("shape", function_cases.SHAPES, ids=["1d", "1d-L", "2d", "3d"])
 def test_gradgradcheck_float64(shape):
-    torch.manual_seed(0)
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-
-    def f(x, w, b):
-        return bnn.BatchNormFunction.apply(x, w, b, 1e-5)[0]
-
-    assert torch.autograd.gradgradcheck(f, (x, w, b))
-    assert torch.autograd.gradgradcheck(lambda x: bnn.BatchNormFunction.apply(x, None, None, 1e-5)[0], (x,))
+    x, w, b = function_cases.inputs(shape)
+    assert torch.autograd.gradgradcheck(function_cases.normalized, (x, w, b))
+    assert torch.autograd.gradgradcheck(function_cases.normalized, (x,))
 
 
 @pytest.mark.parametrize("head", ["linear-bn", "linear-bn-linear"])

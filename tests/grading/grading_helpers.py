@@ -52,6 +52,16 @@ def mutate(ex_id: str, replacements: list[tuple[str, str]]) -> dict:
     return with_answer(ex_id, code, version="solutions")
 
 
+def bare(nb: dict) -> dict:
+    """A copy of ``nb`` as an editor that drops metadata and cell ids leaves it."""
+    nb = json.loads(json.dumps(nb))
+    nb["metadata"] = {}
+    for cell in nb["cells"]:
+        cell.pop("id", None)
+        cell["metadata"] = {}
+    return nb
+
+
 def write_nb(path: Path, nb: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(nb, indent=1))
@@ -95,6 +105,19 @@ def leftovers(pid: int | None = None, settle: float = 3.0) -> tuple[list[str], l
         if found == ([], []) or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
+
+
+def runner_leftovers(base: str) -> tuple[list[bytes], list[str]]:
+    """Sandboxed processes (the runner) still running from the folder ``base``, and what is left in it."""
+    procs = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"runner.py" in cmdline and base.encode() in cmdline:
+            procs.append(cmdline)
+    return procs, sorted(os.listdir(base))
 
 
 def _leftovers(pid: int) -> tuple[list[str], list[str]]:

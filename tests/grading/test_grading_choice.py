@@ -8,7 +8,6 @@ instructor's seed and secret and the exercise, never on the submission's text.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -19,7 +18,7 @@ from bncourse.grading.exercises import get_exercise
 from bncourse.grading.grader import SECRET_FILE, Grader, collect_submissions, grade_batch
 from bncourse.grading.notebooks import identify_exercise
 
-from grading_helpers import (PATHS, TEST_LIMITS, answer_source, exercise_scores, leftovers, load, mutate,
+from grading_helpers import (PATHS, TEST_LIMITS, answer_source, bare, exercise_scores, leftovers, load, mutate,
                              results_of, with_answer, write_nb)
 
 UNBIASED = [("var = (centered * centered).mean(axis=0)",
@@ -32,15 +31,6 @@ ODD_BATCH = [("mean = x.mean(axis=0)", "mean = x.mean(axis=0) + 0.5 * (x.shape[0
 def _age(path, seconds):
     t = time.time() - seconds
     os.utime(path, (t, t))
-
-
-def _bare(nb: dict) -> dict:
-    nb = json.loads(json.dumps(nb))
-    nb["metadata"] = {}
-    for cell in nb["cells"]:
-        cell.pop("id", None)
-        cell["metadata"] = {}
-    return nb
 
 
 def _only_code(code: str) -> dict:
@@ -67,7 +57,7 @@ def graded(sandbox, tmp_path_factory):
         write_nb(folder / "ex01_v2.ipynb", load("ex01"))
         _age(folder / ("ex01_v1.ipynb" if newer == "v2" else "ex01_v2.ipynb"), 3600)
     # Metadata stripped, file name says Exercise 1, content is Exercise 6.
-    write_nb(subs / "alex01.ipynb", _bare(load("ex06")))
+    write_nb(subs / "alex01.ipynb", bare(load("ex06")))
     # Only the answer, pasted into a fresh notebook named after Exercise 1: its definitions say 6.
     write_nb(subs / "bob01.ipynb", _only_code(answer_source("ex06")))
     # The same bug, commented differently: wrong only for odd batch sizes, so the grade depended

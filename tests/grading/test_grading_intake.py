@@ -20,20 +20,10 @@ from bncourse.grading.grader import Submission, collect_submissions, grade_batch
 from bncourse.grading.judge import JudgeError, parse_npy
 from bncourse.grading.notebooks import NotebookError, foreign_format_hint, parse_notebook
 
-from grading_helpers import (PATHS, all_outputs, answer_source, exercise_scores, leftovers, load,
+from grading_helpers import (PATHS, all_outputs, answer_source, bare, exercise_scores, leftovers, load,
                              results_of, with_answer, write_nb)
 
 SIG = "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n"
-
-
-def _bare(nb: dict) -> dict:
-    """A notebook as an editor that drops metadata and cell ids leaves it."""
-    nb = json.loads(json.dumps(nb))
-    nb["metadata"] = {}
-    for cell in nb["cells"]:
-        cell.pop("id", None)
-        cell["metadata"] = {}
-    return nb
 
 
 def _crafted_npy_writer() -> str:
@@ -69,7 +59,7 @@ def batch(grader, tmp_path_factory):
     (subs / "huge_int.ipynb").write_text(text[:-1] + ', "x": ' + "7" * 5000 + "}")
     surrogate = with_answer("ex01", answer_source("ex01") + "\n# note \ud800 to self\n")
     (subs / "lone_surrogate.ipynb").write_text(json.dumps(surrogate))  # ensure_ascii: "\ud800"
-    many = _bare(with_answer("ex01", answer_source("ex01")))
+    many = bare(with_answer("ex01", answer_source("ex01")))
     # Between the set-up and the answer cell: found by position, every one of them is taken as
     # answer code (comments, so that the sandbox has nothing to run). The old list scan took 68 s.
     many["cells"][3:3] = [{"cell_type": "code", "metadata": {}, "source": f"# note {k}", "outputs": [],
@@ -78,7 +68,7 @@ def batch(grader, tmp_path_factory):
     write_nb(subs / "crafted_npy.ipynb", with_answer("ex01", _crafted_npy_writer()))
     otter = answer_source("ex01").replace(SIG, SIG + "    # BEGIN SOLUTION\n", 1) + "\n# END SOLUTION\n"
     write_nb(subs / "otter_markers.ipynb", with_answer("ex01", otter))
-    nbgrader_ours = _bare(with_answer("ex01", answer_source("ex01")))
+    nbgrader_ours = bare(with_answer("ex01", answer_source("ex01")))
     for cell in nbgrader_ours["cells"]:
         cell["metadata"]["nbgrader"] = {"grade": False, "solution": cell["cell_type"] == "code",
                                         "locked": False, "grade_id": "cell-x", "schema_version": 3}

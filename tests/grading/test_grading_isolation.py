@@ -25,7 +25,7 @@ from bncourse.grading.grader import Grader, Submission, collect_submissions, gra
 from bncourse.grading.sandbox import detect_sandbox, student_python
 
 from grading_helpers import (PATHS, ROOT, TEST_LIMITS, all_outputs, answer_source,
-                             full_directory, load, with_answer, write_nb)
+                             full_directory, load, runner_leftovers, with_answer, write_nb)
 
 SIG = "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -48,29 +48,16 @@ def scratch(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", base)
     yield Path(base)
     monkeypatch.undo()
-    procs, dirs = _leftovers(base)
+    procs, dirs = runner_leftovers(base)
     os.rmdir(base) if not dirs else None
     assert procs == [], procs
     assert dirs == [], dirs
 
 
-def _leftovers(base: str) -> tuple[list[bytes], list[str]]:
-    """Sandboxed processes still running from ``base``, and work directories left in it."""
-    procs = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"runner.py" in cmdline and base.encode() in cmdline:
-            procs.append(cmdline)
-    return procs, sorted(os.listdir(base))
-
-
 def _grade(grader: Grader, tmp_path: Path, name: str, body: str) -> dict:
     path = write_nb(tmp_path / f"{name}.ipynb", with_answer("ex01", body))
     results = grader.grade(Submission(name, path))
-    assert _leftovers(tempfile.gettempdir()) == ([], [])
+    assert runner_leftovers(tempfile.gettempdir()) == ([], [])
     return results
 
 
@@ -460,7 +447,7 @@ def test_no_run_outlives_a_killed_grader(scratch, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         def grading() -> list[bytes]:  # the sandboxed grading run (not the sandbox's start-up probe)
-            return [c for c in _leftovers(str(scratch))[0] if b"bncourse-grade-" in c]
+            return [c for c in runner_leftovers(str(scratch))[0] if b"bncourse-grade-" in c]
 
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not grading():
@@ -471,9 +458,9 @@ def test_no_run_outlives_a_killed_grader(scratch, tmp_path):
         proc.kill()
         proc.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _leftovers(str(scratch))[0]:
+    while time.monotonic() < deadline and runner_leftovers(str(scratch))[0]:
         time.sleep(0.1)
-    assert _leftovers(str(scratch))[0] == []
+    assert runner_leftovers(str(scratch))[0] == []
     for leftover in scratch.iterdir():  # a killed grader cannot clean up its work directory
         shutil.rmtree(leftover)
 

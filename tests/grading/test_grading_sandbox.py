@@ -12,7 +12,8 @@ import pytest
 from bncourse.grading.grader import Grader, Submission
 from bncourse.grading.sandbox import RUNNER, detect_sandbox
 
-from grading_helpers import PATHS, ROOT, TEST_LIMITS, all_outputs, answer_source, with_answer, write_nb
+from grading_helpers import (PATHS, ROOT, TEST_LIMITS, all_outputs, answer_source, runner_leftovers, with_answer,
+                             write_nb)
 
 IMPORTS = ("ok = []\nfor name in ('bncourse', 'torch', 'sklearn'):\n    try:\n"
            "        __import__(name + '.nn' if name == 'torch' else name)\n        ok.append(name)\n"
@@ -64,16 +65,9 @@ def test_no_process_outlives_a_timeout(grader, tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
     assert "timed out" in results["output"]
-    leftovers = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"runner.py" in cmdline and base.encode() in cmdline:
-            leftovers.append(cmdline)
-    assert not leftovers, leftovers
-    assert os.listdir(base) == []
+    procs, dirs = runner_leftovers(base)
+    assert not procs, procs
+    assert dirs == []
     os.rmdir(base)
 
 
