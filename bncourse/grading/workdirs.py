@@ -13,6 +13,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 __all__ = ["DYNAMIC_UIDS", "WORKDIR_PREFIX", "make_workdir", "remove_tree", "clean_stale_workdirs"]
@@ -126,6 +127,12 @@ def clean_stale_workdirs(tmp: str | None = None) -> list[str]:
             pass
         except OSError:
             continue
+        # A killed grader's sandbox dies with it, but not in the same instant: while its last
+        # writes land, a removal can leave the directory behind. Retry for a moment.
+        deadline = time.monotonic() + 3.0
         remove_tree(Path(entry.path))
+        while os.path.lexists(entry.path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            remove_tree(Path(entry.path))
         removed.append(entry.path)
     return removed
