@@ -288,6 +288,9 @@ def test_bwrap_starts_from_a_venv_of_each_python(version, tmp_path):
     """Python 3.10's venv launcher is not the interpreter: the sandbox must use the real one."""
     if shutil.which("bwrap") is None:
         pytest.skip("bwrap is not installed")
+    here = detect_sandbox("auto")
+    if here.kind != "bwrap":  # e.g. Docker's seccomp profile: no user namespaces
+        pytest.skip(f"bubblewrap cannot run here, so the grader uses {here.kind} mode: {' '.join(here.warnings)[:200]}")
     bases = sorted(glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python{version}")) + [
         p for p in (shutil.which(f"python{version}"),) if p]
     if not bases:
