@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import stat
 import sys
 import zipfile
 from pathlib import Path
@@ -176,7 +175,7 @@ def present_exercises(submission: Path, templates: Path | None = None, max_files
     Only regular files are read (``lstat`` first, no symlinks followed, a byte cap), and
     anything unreadable is skipped: the grader reports it properly afterwards.
     """
-    from .notebooks import NotebookError, identify_exercise, parse_notebook, read_notebook
+    from .notebooks import NotebookError, identify_exercise, parse_notebook, read_notebook, read_regular_file
 
     known = {}
     for ex in EXERCISES:
@@ -191,31 +190,13 @@ def present_exercises(submission: Path, templates: Path | None = None, max_files
                 continue
             seen += 1
             try:
-                data = _read_regular(os.path.join(dirpath, name))
+                data = read_regular_file(os.path.join(dirpath, name), 20_000_000)
                 ex, _ = identify_exercise(parse_notebook(data, name), name, known)
             except (OSError, NotebookError, ValueError, RecursionError):
                 continue
             if ex is not None:
                 found.add(ex.id)
     return sorted(found)
-
-
-def _read_regular(path: str, limit: int = 20_000_000) -> bytes:
-    info = os.lstat(path)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-        raise OSError(f"{path} is not a regular file of at most {limit} bytes")
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    try:
-        chunks, left = [], limit + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 if __name__ == "__main__":  # run_autograder: `python -m bncourse.grading.gradescope present SUBMISSION TEMPLATES`
