@@ -88,7 +88,8 @@ CACHE_STAMP = JUPYTER_CACHE / "bncourse-inputs.sha256"
 def book_inputs_digest() -> str:
     """Digest of what a chapter's execution depends on besides its own code: the package and the pins."""
     h = hashlib.sha256()
-    files = sorted((ROOT / "bncourse").rglob("*.py")) + [ROOT / name for name in INSTALL_INPUTS]
+    package = [p for p in (ROOT / "bncourse").rglob("*") if p.suffix in (".py", ".c")]
+    files = sorted(package) + [ROOT / name for name in INSTALL_INPUTS]
     for path in files:
         h.update(path.relative_to(ROOT).as_posix().encode())
         h.update(path.read_bytes())
@@ -238,6 +239,9 @@ def execute_chapters(args: list[str]) -> int:
             todo.append(record.pk)
     if not todo:
         return 0
+    import bncourse.nn
+
+    bncourse.nn.fused_available()  # build the C kernels once, before the kernels all want them
     result = load_executor("local-parallel", cache=cache).run_and_cache(filter_pks=todo, timeout=600)
     print(f"Executed {len(result.succeeded)} chapter(s) in parallel; "
           f"{len(result.excepted) + len(result.errored)} failed and run again in the build", flush=True)

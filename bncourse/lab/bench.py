@@ -20,7 +20,7 @@ from torch import nn
 from .. import functional as F_np
 from ..fold import fold_batchnorm
 from ..nn import BatchNorm1d, BatchNorm2d, naive_batchnorm
-from ..nn.fused import FusedBatchNorm1d, FusedBatchNorm2d, fused_available
+from ..nn.fused import fused_available, use_kernels
 
 __all__ = [
     "time_interleaved",
@@ -44,10 +44,10 @@ __all__ = [
 ]
 
 NATIVE = "torch.nn (native kernel)"
-OURS = "bncourse.nn (compact backward)"
+OURS = "bncourse.nn, torch ops (compact backward)"
 NAIVE = "naive (autograd over ops)"
 NUMPY = "NumPy core (bncourse.functional)"
-FUSED = "bncourse.nn.fused (Numba kernels)"
+FUSED = "bncourse.nn (default: C kernels)"
 COPY = "x.clone() (read + write bandwidth)"
 READ = "x.sum() (read bandwidth)"
 
@@ -152,7 +152,8 @@ def batchnorm_training_cases(
     ``x`` and upstream gradient ``dout``:
 
     - :data:`NATIVE`: ``torch.nn.BatchNorm1d/2d`` (torch's C++ kernel);
-    - :data:`OURS`: ``bncourse.nn.BatchNorm1d/2d``;
+    - :data:`OURS`: ``bncourse.nn.BatchNorm1d/2d`` on its torch-ops path
+      (``use_kernels(False)``), the compact backward of the course;
     - :data:`NAIVE`: :func:`bncourse.nn.naive_batchnorm`;
     - :data:`NUMPY`: ``bncourse.functional.batchnorm_forward/backward`` on
       NumPy copies (single-threaded NumPy).
@@ -188,10 +189,28 @@ def batchnorm_training_cases(
 
     return {
         NATIVE: torch_case(native),
-        OURS: torch_case(ours),
+        OURS: torch_case(_torch_ops_path(ours)),
         NAIVE: torch_case(lambda t: naive_batchnorm(t, weight, bias)),
         NUMPY: numpy_case,
     }
+
+
+def _torch_ops_path(layer: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``layer`` run with the compiled kernels off: the torch-ops path of :mod:`bncourse.nn.batchnorm`."""
+
+    def run(t: torch.Tensor) -> torch.Tensor:
+        with use_kernels(False):
+            return layer(t)
+
+    return run
+
+
+def _without_kernels(case: Callable[[], object]) -> Callable[[], object]:
+    def run() -> object:
+        with use_kernels(False):  # the forward picks the path; its backward follows
+            return case()
+
+    return run
 
 
 def numpy_backward_cases(
@@ -310,8 +329,9 @@ def layer_cases(
 ) -> dict[str, Callable[[], object]]:
     """Zero-argument callables running one layer step on the same ``x`` (``(N, C)`` or ``(N, C, H, W)``).
 
-    Keys :data:`NATIVE` (``torch.nn``), :data:`OURS` (``bncourse.nn``),
-    :data:`FUSED` (``bncourse.nn.fused``, only where Numba is installed),
+    Keys :data:`NATIVE` (``torch.nn``), :data:`OURS` (``bncourse.nn`` with
+    ``use_kernels(False)``: torch ops), :data:`FUSED` (``bncourse.nn`` as it
+    runs by default, with the compiled kernels; only where they can be built),
     :data:`COPY` (``x.clone()``: one read and one write of the tensor) and
     :data:`READ` (``x.sum()``: one read), the yardsticks for
     :func:`roofline_time`. ``mode="train"``: forward + backward in
@@ -327,9 +347,10 @@ def layer_cases(
     c, two_d = shape[1], len(shape) == 4
     x = (torch.randn(shape, generator=gen, dtype=dtype) * 2 + 1).contiguous(memory_format=memory_format)
     dout = torch.randn(shape, generator=gen, dtype=dtype).contiguous(memory_format=memory_format)
-    classes = {NATIVE: nn.BatchNorm2d if two_d else nn.BatchNorm1d, OURS: BatchNorm2d if two_d else BatchNorm1d}
+    ours = BatchNorm2d if two_d else BatchNorm1d
+    classes = {NATIVE: nn.BatchNorm2d if two_d else nn.BatchNorm1d, OURS: ours}
     if fused_available():
-        classes[FUSED] = FusedBatchNorm2d if two_d else FusedBatchNorm1d
+        classes[FUSED] = ours
     layers = {name: cls(c, dtype=dtype).train(mode == "train") for name, cls in classes.items()}
     if mode == "eval":
         running_mean = torch.rand(c, generator=gen, dtype=dtype) * 2 - 1  # some statistics to use
@@ -353,6 +374,7 @@ def layer_cases(
         return train if mode == "train" else evaluate
 
     cases = {name: case(layer) for name, layer in layers.items()}
+    cases[OURS] = _without_kernels(cases[OURS])
     cases[COPY] = x.clone
     cases[READ] = x.sum
     return cases

@@ -4,8 +4,10 @@
 values, first- and second-order gradients, mixed precision, checkpointing,
 ``torch.func``, tracing, export and scripting), ``LayerNorm`` and ``GroupNorm``
 with torch's arguments, all with the hand-derived compact backward
-(``torch.autograd.Function``); ``FusedBatchNorm*d`` with compiled training
-passes (Numba, optional); a naive autograd version for comparison; and
+(``torch.autograd.Function``). On the CPU the batch-norm layers run short C
+loops compiled at the first call (:mod:`bncourse.nn.fused`; ``use_kernels(False)``
+or ``BNCOURSE_KERNELS=0`` selects the torch-ops path, which also runs wherever
+no C compiler exists); a naive autograd version for comparison; and
 :func:`replace_batchnorm` to put the course's layer into any torch model.
 Across devices and batches: :class:`SyncBatchNorm` (global-batch statistics on
 ``torch.distributed``), :class:`BatchRenorm1d`/``2d`` (Ioffe, 2017) and
@@ -20,7 +22,14 @@ from .batchnorm import (
     batch_norm,
 )
 from .convert import fuser_method_mapping, replace_batchnorm
-from .fused import FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d, fused_available, fused_batch_norm
+from .fused import (
+    FusedBatchNorm1d,
+    FusedBatchNorm2d,
+    FusedBatchNorm3d,
+    fused_available,
+    fused_batch_norm,
+    use_kernels,
+)
 from . import utils
 from .naive import naive_batchnorm
 from .norms import GroupNorm, LayerNorm, RowNormFunction, group_norm, layer_norm
@@ -51,6 +60,7 @@ __all__ = [
     "fuser_method_mapping",
     "fused_available",
     "fused_batch_norm",
+    "use_kernels",
     "group_norm",
     "layer_norm",
     "naive_batchnorm",

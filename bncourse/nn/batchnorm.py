@@ -23,11 +23,17 @@ does; the output keeps the input's dtype.
 
 The arithmetic (the fast passes over memory and their differentiable
 counterparts) is in :mod:`bncourse.nn._passes`; this module holds the
-``autograd.Function``, the functional API and the layers.
+``autograd.Function``, the functional API and the layers. Where the compiled
+C kernels of :mod:`bncourse.nn.fused` can run (CPU, float32/float64,
+contiguous or channels-last, a C compiler at hand), the layers and
+:func:`batch_norm` use them by default for the first-order training pass and
+the evaluation forward; ``bncourse.nn.use_kernels(False)`` keeps everything
+on the torch-ops path defined here.
 """
 
 from __future__ import annotations
 
+import inspect
 import numbers
 
 import torch
@@ -236,6 +242,9 @@ def batch_norm(
 # and its evaluation map (which returns None where it does not apply).
 _TRAINING_FUNCTIONS: dict[bool, type[torch.autograd.Function]] = {}
 _FUSED_EVAL = None
+# Whether layers and batch_norm run the compiled kernels where they apply (fused=None);
+# bncourse.nn.use_kernels(False) turns them off, as torch.backends.cudnn.flags does for cuDNN.
+_KERNELS_ENABLED = True
 
 
 def _batch_norm(
@@ -247,9 +256,11 @@ def _batch_norm(
     training: bool,
     momentum: float,
     eps: float,
-    fused: bool = False,
+    fused: bool | None = None,
 ) -> Tensor:
     _check_batch_norm_args(input, running_mean, running_var, weight, bias)
+    if fused is None:
+        fused = _KERNELS_ENABLED
     dims, shape, m = _layout(input)
     if training:
         if m == 1:
@@ -267,13 +278,17 @@ def _batch_norm(
             out, mean, var = _forward_ops(input, weight, bias, eps)
             _update_running_buffers(running_mean, running_var, mean.detach(), var.detach(), m, momentum)
             return out
-        function = _TRAINING_FUNCTIONS[fused]
+        function = _TRAINING_FUNCTIONS.get(fused, BatchNormFunction)
         out, _, _ = function.apply(input, weight, bias, eps, running_mean, running_var, momentum)
         return out
     if running_mean is None or running_var is None:
         raise ValueError(
             "expected running_mean and running_var in evaluation mode (training=False), got None"
         )
+    if fused and _FUSED_EVAL is not None:
+        out = _FUSED_EVAL(input, running_mean, running_var, weight, bias, eps)
+        if out is not None:
+            return out
     alpha = torch.rsqrt(running_var + eps)
     if weight is not None:
         alpha = alpha * weight
@@ -282,10 +297,6 @@ def _batch_norm(
         shift = shift + bias
     if input.dtype in _REDUCED and alpha.dtype != input.dtype:
         return _affine(input.to(alpha.dtype), alpha, shift).to(input.dtype)
-    if fused and _FUSED_EVAL is not None:
-        out = _FUSED_EVAL(input, alpha, shift)
-        if out is not None:
-            return out
     return _affine(input, alpha, shift)
 
 
@@ -350,7 +361,7 @@ def _module_forward(
     training: bool,
     momentum: float | None,
     eps: float,
-    fused: bool = False,
+    fused: bool | None = None,
 ) -> Tensor:
     """What ``_BatchNorm.forward`` does, as one function ``torch.fx`` records as a single call."""
     _check_layer_input(input, layer, accepted_dims, num_features)
@@ -383,6 +394,9 @@ def _module_forward(
     )
 
 
+# Function.apply binds the arguments to forward's signature on every call (inspect.signature,
+# tens of microseconds); a signature stored on the function is returned at once.
+BatchNormFunction.forward.__signature__ = inspect.signature(BatchNormFunction.forward)
 _TRAINING_FUNCTIONS[False] = BatchNormFunction
 
 
@@ -401,7 +415,7 @@ class _BatchNorm(nn.Module):
     # Fixed at construction; TorchScript bakes them into a scripted module, as torch's.
     __constants__ = ["num_features", "eps", "momentum", "affine", "track_running_stats"]
     _accepted_dims: tuple[int, ...] = ()
-    _fused = False  # True in bncourse.nn.fused's layers
+    _fused: bool | None = None  # None: the kernels where enabled (use_kernels); True in FusedBatchNorm*d
 
     def __init__(
         self,

@@ -1,0 +1,376 @@
+/* Fused batch-norm kernels for bncourse.nn.fused: C with OpenMP, in torch's own thread pool.
+ *
+ * Compiled at the first fused call by bncourse/nn/_compile.py, twice: with
+ * scalar = float (names ending _f32) and scalar = double (_f64). The shared
+ * library is linked against the OpenMP runtime torch itself loaded, so these
+ * parallel loops run on the same threads as torch's operators: a second pool
+ * would fight torch's threads, which spin for a while after each operator.
+ *
+ * Layouts of an (N, C, ...) tensor, as in _as_layout (fused.py):
+ *   planes (A, C, B): contiguous (N, C, H, W), A = N, B = H * W;
+ *   rows   (R, C):    (N, C) or channels-last (N, H, W, C), R = N * H * W.
+ *
+ * Statistics: mean and M2 (sum of squared deviations) of a chunk that stays
+ * in cache, two vectorized loops over it, merged into the running result with
+ * Chan et al.'s pairwise update, in double:
+ *   M2 += M2_chunk + delta^2 * n * n_chunk / (n + n_chunk).
+ * Memory is read once and no sum of squares grows with the number of values.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef scalar
+#define scalar float
+#define FN(name) name##_f32
+#endif
+
+enum { CHUNK = 1024, ROW_CHUNK = 64 };
+
+/* Chan's merge of a chunk (n values, mean chunk_mean, M2 chunk_m2) into (count, mean, m2). */
+static inline void merge(double *count, double *mean, double *m2, double n, double chunk_mean, double chunk_m2) {
+    double total = *count + n, delta = chunk_mean - *mean;
+    *mean += delta * n / total;
+    *m2 += chunk_m2 + delta * delta * *count * n / total;
+    *count = total;
+}
+
+/* Mean and M2 of channel c of x (A, C, B), chunk by chunk of whole planes. */
+static void FN(channel_moments)(const scalar *x, int64_t A, int64_t C, int64_t B, int64_t c,
+                                double *mean, double *m2) {
+    double count = 0, mu = 0, acc = 0;
+    int64_t planes = B >= CHUNK ? 1 : CHUNK / B; /* small planes are merged a few at a time */
+    for (int64_t a0 = 0; a0 < A; a0 += planes) {
+        int64_t a1 = a0 + planes < A ? a0 + planes : A;
+        scalar s = 0, q = 0;
+        for (int64_t a = a0; a < a1; a++) {
+            const scalar *p = x + (a * C + c) * B;
+#pragma omp simd reduction(+ : s)
+            for (int64_t b = 0; b < B; b++) s += p[b];
+        }
+        scalar chunk_mean = s / (scalar)((a1 - a0) * B);
+        for (int64_t a = a0; a < a1; a++) { /* the chunk is in cache now */
+            const scalar *p = x + (a * C + c) * B;
+#pragma omp simd reduction(+ : q)
+            for (int64_t b = 0; b < B; b++) q += (p[b] - chunk_mean) * (p[b] - chunk_mean);
+        }
+        merge(&count, &mu, &acc, (double)((a1 - a0) * B), chunk_mean, q);
+    }
+    *mean = mu;
+    *m2 = acc;
+}
+
+/* Training forward, planes: statistics then output, one channel at a time, so the
+ * output pass reads the channel from cache. weight and bias may be NULL (affine=False);
+ * mean and the biased var come back per channel (computed in double). */
+void FN(forward_planes)(const scalar *x, scalar *out, int64_t A, int64_t C, int64_t B, const scalar *weight,
+                        const scalar *bias, double eps, scalar *mean, scalar *var, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t c = 0; c < C; c++) {
+        double mu, m2;
+        FN(channel_moments)(x, A, C, B, c, &mu, &m2);
+        double v = m2 / (double)(A * B), alpha = (weight ? weight[c] : 1.0) / sqrt(v + eps);
+        scalar al = (scalar)alpha, sh = (scalar)((bias ? bias[c] : 0.0) - mu * alpha);
+        for (int64_t a = 0; a < A; a++) {
+            const scalar *p = x + (a * C + c) * B;
+            scalar *o = out + (a * C + c) * B;
+#pragma omp simd
+            for (int64_t b = 0; b < B; b++) o[b] = p[b] * al + sh;
+        }
+        mean[c] = (scalar)mu;
+        var[c] = (scalar)v;
+    }
+}
+
+/* Training backward, planes: per channel, dbeta = sum(dout) and
+ * dgamma = inv_std * sum(dout * (x - mean)), then at once, from cache,
+ * dx = k * dout + coef * x + const (skipped when dx is NULL). */
+void FN(backward_planes)(const scalar *dout, const scalar *x, scalar *dx, int64_t A, int64_t C, int64_t B,
+                         const scalar *weight, const scalar *mean, const scalar *inv_std, scalar *dgamma,
+                         scalar *dbeta, int threads) {
+    double m = (double)(A * B);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t c = 0; c < C; c++) {
+        scalar mu = mean[c];
+        double sum_d = 0, sum_dx = 0;
+        for (int64_t a = 0; a < A; a++) {
+            const scalar *g = dout + (a * C + c) * B, *v = x + (a * C + c) * B;
+            scalar sd = 0, sdx = 0;
+#pragma omp simd reduction(+ : sd, sdx)
+            for (int64_t b = 0; b < B; b++) {
+                sd += g[b];
+                sdx += g[b] * (v[b] - mu);
+            }
+            sum_d += sd;
+            sum_dx += sdx;
+        }
+        double is = inv_std[c], dg = sum_dx * is, k = (weight ? weight[c] : 1.0) * is, coef = -k * is * dg / m;
+        dgamma[c] = (scalar)dg;
+        dbeta[c] = (scalar)sum_d;
+        if (!dx) continue;
+        scalar kc = (scalar)k, cc = (scalar)coef, sc = (scalar)(-k * sum_d / m - coef * (double)mean[c]);
+        for (int64_t a = 0; a < A; a++) {
+            const scalar *g = dout + (a * C + c) * B, *v = x + (a * C + c) * B;
+            scalar *d = dx + (a * C + c) * B;
+#pragma omp simd
+            for (int64_t b = 0; b < B; b++) d[b] = kc * g[b] + cc * v[b] + sc;
+        }
+    }
+}
+
+/* Rows r0:r1, columns k0:k1 of x (R, C): mean and M2 per column into mean[k], m2[k] (double). */
+static void FN(rows_moments)(const scalar *x, int64_t C, int64_t r0, int64_t r1, int64_t k0, int64_t k1,
+                             double *mean, double *m2, scalar *s, scalar *q) {
+    int64_t width = k1 - k0;
+    double count = 0;
+    for (int64_t k = k0; k < k1; k++) mean[k] = m2[k] = 0;
+    for (int64_t lo = r0; lo < r1; lo += ROW_CHUNK) {
+        int64_t hi = lo + ROW_CHUNK < r1 ? lo + ROW_CHUNK : r1;
+        for (int64_t j = 0; j < width; j++) s[j] = q[j] = 0;
+        for (int64_t r = lo; r < hi; r++) {
+            const scalar *row = x + r * C + k0;
+#pragma omp simd
+            for (int64_t j = 0; j < width; j++) s[j] += row[j];
+        }
+        for (int64_t j = 0; j < width; j++) s[j] /= (scalar)(hi - lo);
+        for (int64_t r = lo; r < hi; r++) {
+            const scalar *row = x + r * C + k0;
+#pragma omp simd
+            for (int64_t j = 0; j < width; j++) q[j] += (row[j] - s[j]) * (row[j] - s[j]);
+        }
+        for (int64_t j = 0; j < width; j++) {
+            double c = count;
+            merge(&c, &mean[k0 + j], &m2[k0 + j], (double)(hi - lo), s[j], q[j]);
+        }
+        count += (double)(hi - lo);
+    }
+}
+
+/* Rows r0:r1, columns k0:k1: sum(dout) and sum(dout * (x - mean)) per column (double). */
+static void FN(rows_grad_sums)(const scalar *dout, const scalar *x, int64_t C, int64_t r0, int64_t r1, int64_t k0,
+                               int64_t k1, const scalar *mu, double *sum_d, double *sum_dx, scalar *sd, scalar *sdx) {
+    int64_t width = k1 - k0;
+    for (int64_t k = k0; k < k1; k++) sum_d[k] = sum_dx[k] = 0;
+    for (int64_t lo = r0; lo < r1; lo += ROW_CHUNK) {
+        int64_t hi = lo + ROW_CHUNK < r1 ? lo + ROW_CHUNK : r1;
+        for (int64_t j = 0; j < width; j++) sd[j] = sdx[j] = 0;
+        for (int64_t r = lo; r < hi; r++) {
+            const scalar *g = dout + r * C + k0, *v = x + r * C + k0;
+#pragma omp simd
+            for (int64_t j = 0; j < width; j++) {
+                sd[j] += g[j];
+                sdx[j] += g[j] * (v[j] - mu[k0 + j]);
+            }
+        }
+        for (int64_t j = 0; j < width; j++) {
+            sum_d[k0 + j] += sd[j];
+            sum_dx[k0 + j] += sdx[j];
+        }
+    }
+}
+
+/* out = x * alpha + shift (rows r0:r1, columns k0:k1), also dx = k * dout + coef * x + const when dout is set. */
+static void FN(rows_affine)(const scalar *x, const scalar *dout, scalar *out, int64_t C, int64_t r0, int64_t r1,
+                            int64_t k0, int64_t k1, const scalar *alpha, const scalar *shift, const scalar *k) {
+    int64_t width = k1 - k0;
+    for (int64_t r = r0; r < r1; r++) {
+        const scalar *v = x + r * C + k0;
+        scalar *o = out + r * C + k0;
+        if (dout) {
+            const scalar *g = dout + r * C + k0;
+#pragma omp simd
+            for (int64_t j = 0; j < width; j++) o[j] = k[k0 + j] * g[j] + alpha[k0 + j] * v[j] + shift[k0 + j];
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < width; j++) o[j] = v[j] * alpha[k0 + j] + shift[k0 + j];
+        }
+    }
+}
+
+/* Training forward, rows. block > 0: few rows, so each thread takes blocks of `block` columns over
+ * all rows, statistics then output while the block is in cache. block == 0: many rows (channels-last);
+ * every row holds every channel, so each thread reduces a slice of rows, the slices are merged,
+ * then the output is a second pass. coef is scratch of 2 * C scalars. */
+void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const scalar *weight, const scalar *bias,
+                      double eps, scalar *mean_out, scalar *var_out, int64_t block, double *work, int threads) {
+    /* work: 2 * C doubles (mean, M2), then 2 * C scalars (alpha, shift) */
+    double *mean = work, *var = work + C;
+    scalar *alpha = (scalar *)(work + 2 * C), *shift = alpha + C;
+    if (block > 0) {
+#pragma omp parallel num_threads(threads)
+        {
+            scalar *s = malloc(2 * block * sizeof(scalar));
+#pragma omp for schedule(static)
+            for (int64_t kb = 0; kb < C; kb += block) {
+                int64_t ke = kb + block < C ? kb + block : C;
+                FN(rows_moments)(x, C, 0, R, kb, ke, mean, var, s, s + block);
+                for (int64_t k = kb; k < ke; k++) {
+                    var[k] /= (double)R;
+                    double a = (weight ? weight[k] : 1.0) / sqrt(var[k] + eps);
+                    alpha[k] = (scalar)a;
+                    shift[k] = (scalar)((bias ? bias[k] : 0.0) - mean[k] * a);
+                    mean_out[k] = (scalar)mean[k];
+                    var_out[k] = (scalar)var[k];
+                }
+                FN(rows_affine)(x, NULL, out, C, 0, R, kb, ke, alpha, shift, NULL);
+            }
+            free(s);
+        }
+        return;
+    }
+    double *part = malloc(3 * (size_t)threads * C * sizeof(double)); /* per slice: count, mean, M2 */
+    int used = 1;
+#pragma omp parallel num_threads(threads)
+    {
+        int t = 0, n = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        n = omp_get_num_threads();
+#endif
+#pragma omp single
+        used = n;
+        int64_t r0 = R * t / n, r1 = R * (t + 1) / n;
+        scalar *s = malloc(2 * C * sizeof(scalar));
+        FN(rows_moments)(x, C, r0, r1, 0, C, part + (3 * t + 1) * C, part + (3 * t + 2) * C, s, s + C);
+        for (int64_t k = 0; k < C; k++) part[3 * t * C + k] = (double)(r1 - r0);
+        free(s);
+    }
+    for (int64_t k = 0; k < C; k++) {
+        double count = 0, mu = 0, m2 = 0;
+        for (int t = 0; t < used; t++)
+            if (part[3 * t * C + k] > 0)
+                merge(&count, &mu, &m2, part[3 * t * C + k], part[(3 * t + 1) * C + k], part[(3 * t + 2) * C + k]);
+        double v = m2 / (double)R, a = (weight ? weight[k] : 1.0) / sqrt(v + eps);
+        mean_out[k] = (scalar)mu;
+        var_out[k] = (scalar)v;
+        alpha[k] = (scalar)a;
+        shift[k] = (scalar)((bias ? bias[k] : 0.0) - mu * a);
+    }
+    free(part);
+#pragma omp parallel num_threads(threads)
+    {
+        int t = 0, n = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        n = omp_get_num_threads();
+#endif
+        FN(rows_affine)(x, NULL, out, C, R * t / n, R * (t + 1) / n, 0, C, alpha, shift, NULL);
+    }
+}
+
+/* Training backward, rows, with the same two strategies as forward_rows. dx may be NULL.
+ * coef is scratch of 4 * C scalars. */
+void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t R, int64_t C, const scalar *weight,
+                       const scalar *mean, const scalar *inv_std, scalar *dgamma_out, scalar *dbeta_out,
+                       int64_t block, double *work, int threads) {
+    /* work: 2 * C doubles (dgamma, dbeta sums), then 3 * C scalars (k, coef, const) */
+    double *dgamma = work, *dbeta = work + C, m = (double)R;
+    const scalar *mu = mean;
+    scalar *kk = (scalar *)(work + 2 * C), *cc = kk + C, *sc = kk + 2 * C;
+    if (block > 0) {
+#pragma omp parallel num_threads(threads)
+        {
+            scalar *s = malloc(2 * block * sizeof(scalar));
+#pragma omp for schedule(static)
+            for (int64_t kb = 0; kb < C; kb += block) {
+                int64_t ke = kb + block < C ? kb + block : C;
+                FN(rows_grad_sums)(dout, x, C, 0, R, kb, ke, mu, dbeta, dgamma, s, s + block);
+                for (int64_t k = kb; k < ke; k++) {
+                    dgamma[k] *= inv_std[k];
+                    double kv = (weight ? weight[k] : 1.0) * inv_std[k], c = -kv * inv_std[k] * dgamma[k] / m;
+                    kk[k] = (scalar)kv;
+                    cc[k] = (scalar)c;
+                    sc[k] = (scalar)(-kv * dbeta[k] / m - c * (double)mean[k]);
+                    dgamma_out[k] = (scalar)dgamma[k];
+                    dbeta_out[k] = (scalar)dbeta[k];
+                }
+                if (dx) FN(rows_affine)(x, dout, dx, C, 0, R, kb, ke, cc, sc, kk);
+            }
+            free(s);
+        }
+        return;
+    }
+    double *part = malloc(2 * (size_t)threads * C * sizeof(double));
+    int used = 1;
+#pragma omp parallel num_threads(threads)
+    {
+        int t = 0, n = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        n = omp_get_num_threads();
+#endif
+#pragma omp single
+        used = n;
+        scalar *s = malloc(2 * C * sizeof(scalar));
+        FN(rows_grad_sums)(dout, x, C, R * t / n, R * (t + 1) / n, 0, C, mu, part + 2 * t * C, part + (2 * t + 1) * C,
+                           s, s + C);
+        free(s);
+    }
+    for (int64_t k = 0; k < C; k++) {
+        double sd = 0, sdx = 0;
+        for (int t = 0; t < used; t++) {
+            sd += part[2 * t * C + k];
+            sdx += part[(2 * t + 1) * C + k];
+        }
+        double dg = sdx * inv_std[k], kv = (weight ? weight[k] : 1.0) * inv_std[k], c = -kv * inv_std[k] * dg / m;
+        dbeta_out[k] = (scalar)sd;
+        dgamma_out[k] = (scalar)dg;
+        kk[k] = (scalar)kv;
+        cc[k] = (scalar)c;
+        sc[k] = (scalar)(-kv * sd / m - c * (double)mean[k]);
+    }
+    free(part);
+    if (!dx) return;
+#pragma omp parallel num_threads(threads)
+    {
+        int t = 0, n = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        n = omp_get_num_threads();
+#endif
+        FN(rows_affine)(x, dout, dx, C, R * t / n, R * (t + 1) / n, 0, C, cc, sc, kk);
+    }
+}
+
+/* Evaluation: out = x * alpha + shift with per-channel coefficients, in one pass.
+ * planes: x is (A, C, B); rows (B == 0): x is (A, C) rows. */
+void FN(affine)(const scalar *x, scalar *out, int64_t A, int64_t C, int64_t B, const scalar *alpha,
+                const scalar *shift, int threads) {
+    if (B == 0) {
+#pragma omp parallel num_threads(threads)
+        {
+            int t = 0, n = 1;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+            n = omp_get_num_threads();
+#endif
+            FN(rows_affine)(x, NULL, out, C, A * t / n, A * (t + 1) / n, 0, C, alpha, shift, NULL);
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t p = 0; p < A * C; p++) {
+        scalar al = alpha[p % C], sh = shift[p % C];
+        const scalar *v = x + p * B;
+        scalar *o = out + p * B;
+#pragma omp simd
+        for (int64_t b = 0; b < B; b++) o[b] = v[b] * al + sh;
+    }
+}
+
+/* Evaluation from the running statistics: alpha = weight / sqrt(running_var + eps),
+ * shift = bias - running_mean * alpha per channel (weight, bias may be NULL), then
+ * out = x * alpha + shift in one pass. coef is scratch of 2 * C scalars. */
+void FN(evaluate)(const scalar *x, scalar *out, int64_t A, int64_t C, int64_t B, const scalar *running_mean,
+                  const scalar *running_var, const scalar *weight, const scalar *bias, double eps, scalar *coef,
+                  int threads) {
+    for (int64_t c = 0; c < C; c++) {
+        double a = (weight ? (double)weight[c] : 1.0) / sqrt((double)running_var[c] + eps);
+        coef[c] = (scalar)a;
+        coef[C + c] = (scalar)((bias ? (double)bias[c] : 0.0) - (double)running_mean[c] * a);
+    }
+    FN(affine)(x, out, A, C, B, coef, coef + C, threads);
+}
