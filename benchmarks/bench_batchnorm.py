@@ -5,11 +5,12 @@
 
 Part 1 (every case, one run): training forward + backward on contiguous
 ``(256, 4096)`` and ``(64, 64, 32, 32)`` inputs, the latter also channels-last,
-and the evaluation forward, each timed for ``torch.nn``, ``bncourse.nn`` and
-``bncourse.nn.fused`` (where Numba is installed), printed as ratios to
-``torch.nn``. The roofline column is the least time the layer could take on
-this machine: the full-tensor reads and writes it must make (6 and 2 for
-training, 1 and 1 for evaluation; see ``bench.roofline_passes``) at the read
+and the evaluation forward, each timed for ``torch.nn``, ``bncourse.nn`` as it
+runs by default (its C kernels, where they can be built) and ``bncourse.nn`` on
+its torch-ops path (``use_kernels(False)``), printed as ratios to ``torch.nn``. The roofline column is the least time the layer could take on
+this machine if every pass went to memory: the full-tensor reads and writes of
+a two-pass forward and backward (6 and 2 for training, 1 and 1 for
+evaluation; see ``bench.roofline_passes``) at the read
 bandwidth of ``x.sum()`` and the read + write bandwidth of ``x.clone()``,
 measured on the same tensor in the same run.
 
@@ -59,7 +60,7 @@ def layer_table(repeats: int, statistic: str) -> None:
     t = bench.time_interleaved({"read": x.sum, "copy": x.clone}, repeats=repeats, statistic=statistic)
     x_bytes = x.numel() * x.element_size()
     print(
-        f"\nroofline: training reads >= 6 x bytes(x) and writes 2 x, evaluation 1 and 1. "
+        f"\nroofline: training reads 6 x bytes(x) and writes 2 x, evaluation 1 and 1, all from memory (the C kernels re-read a channel from cache). "
         f"Measured on a 16 MiB tensor: read {x_bytes / t['read'] / 1e9:.1f} GB/s (x.sum()), "
         f"read + write {2 * x_bytes / t['copy'] / 1e9:.1f} GB/s (x.clone()). C kernels: {fused}."
     )

@@ -18,8 +18,8 @@ the same device and inputs, and exits non-zero on the first mismatch:
 4. ``model.half()`` with 70,000 values per channel (finite, equal to torch).
 
 Then it times, with CUDA events, training forward + backward and the
-evaluation forward of ``torch.nn`` and ``bncourse.nn`` (the fused Numba path
-is CPU-only; on CUDA ``FusedBatchNorm*d`` runs the plain path) and prints the
+evaluation forward of ``torch.nn`` and ``bncourse.nn`` (the C kernels are
+CPU-only; on CUDA ``bncourse.nn`` runs its torch-ops path) and prints the
 ratios plus the copy-bandwidth roofline, labelled with the device name.
 """
 

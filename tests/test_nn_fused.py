@@ -1,4 +1,4 @@
-"""The fused (Numba) training path: same values as torch.nn, and a clean fallback without Numba."""
+"""The fused (C kernel) path, on by default: same values as torch.nn, and a clean fallback without a compiler."""
 
 from __future__ import annotations
 

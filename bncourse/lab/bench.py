@@ -297,12 +297,14 @@ def folding_cases(
 
 
 def roofline_passes(mode: str) -> tuple[int, int]:
-    """``(reads, writes)`` of full tensors the least a layer can make, per ``mode``.
+    """``(reads, writes)`` of full tensors of a two-pass layer, per ``mode``, every pass from memory.
 
     ``"train"``: forward + backward that keeps only ``x``: statistics (read
     ``x``), output (read ``x``, write ``out``), gradient sums (read ``x`` and
     ``dout``), input gradient (read ``x`` and ``dout``, write ``dx``): 6 reads
-    and 2 writes. ``"eval"``: read ``x``, write ``out``.
+    and 2 writes. ``"eval"``: read ``x``, write ``out``. A kernel that
+    re-reads a channel from cache right after its first pass (``bncourse.nn``'s
+    C kernels on contiguous input) moves less through memory than this.
     """
     passes = {"train": (6, 2), "eval": (1, 1)}
     if mode not in passes:
