@@ -30,6 +30,23 @@
 
 enum { CHUNK = 1024, ROW_CHUNK = 64 };
 
+/* This thread's index and the team's size inside a parallel region (0 and 1 without OpenMP). */
+static inline int thread_index(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static inline int thread_count(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 /* Chan's merge of a chunk (n values, mean chunk_mean, M2 chunk_m2) into (count, mean, m2). */
 static inline void merge(double *count, double *mean, double *m2, double n, double chunk_mean, double chunk_m2) {
     double total = *count + n, delta = chunk_mean - *mean;
@@ -193,7 +210,7 @@ static void FN(rows_affine)(const scalar *x, const scalar *dout, scalar *out, in
 /* Training forward, rows. block > 0: few rows, so each thread takes blocks of `block` columns over
  * all rows, statistics then output while the block is in cache. block == 0: many rows (channels-last);
  * every row holds every channel, so each thread reduces a slice of rows, the slices are merged,
- * then the output is a second pass. coef is scratch of 2 * C scalars. */
+ * then the output is a second pass. */
 void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const scalar *weight, const scalar *bias,
                       double eps, scalar *mean_out, scalar *var_out, int64_t block, double *work, int threads) {
     /* work: 2 * C doubles (mean, M2), then 2 * C scalars (alpha, shift) */
@@ -225,11 +242,7 @@ void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const 
     int used = 1;
 #pragma omp parallel num_threads(threads)
     {
-        int t = 0, n = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        n = omp_get_num_threads();
-#endif
+        int t = thread_index(), n = thread_count();
 #pragma omp single
         used = n;
         int64_t r0 = R * t / n, r1 = R * (t + 1) / n;
@@ -252,17 +265,12 @@ void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const 
     free(part);
 #pragma omp parallel num_threads(threads)
     {
-        int t = 0, n = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        n = omp_get_num_threads();
-#endif
+        int t = thread_index(), n = thread_count();
         FN(rows_affine)(x, NULL, out, C, R * t / n, R * (t + 1) / n, 0, C, alpha, shift, NULL);
     }
 }
 
-/* Training backward, rows, with the same two strategies as forward_rows. dx may be NULL.
- * coef is scratch of 4 * C scalars. */
+/* Training backward, rows, with the same two strategies as forward_rows. dx may be NULL. */
 void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t R, int64_t C, const scalar *weight,
                        const scalar *mean, const scalar *inv_std, scalar *dgamma_out, scalar *dbeta_out,
                        int64_t block, double *work, int threads) {
@@ -297,11 +305,7 @@ void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t 
     int used = 1;
 #pragma omp parallel num_threads(threads)
     {
-        int t = 0, n = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        n = omp_get_num_threads();
-#endif
+        int t = thread_index(), n = thread_count();
 #pragma omp single
         used = n;
         scalar *s = malloc(2 * C * sizeof(scalar));
@@ -326,11 +330,7 @@ void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t 
     if (!dx) return;
 #pragma omp parallel num_threads(threads)
     {
-        int t = 0, n = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        n = omp_get_num_threads();
-#endif
+        int t = thread_index(), n = thread_count();
         FN(rows_affine)(x, dout, dx, C, R * t / n, R * (t + 1) / n, 0, C, cc, sc, kk);
     }
 }
@@ -342,11 +342,7 @@ void FN(affine)(const scalar *x, scalar *out, int64_t A, int64_t C, int64_t B, c
     if (B == 0) {
 #pragma omp parallel num_threads(threads)
         {
-            int t = 0, n = 1;
-#ifdef _OPENMP
-            t = omp_get_thread_num();
-            n = omp_get_num_threads();
-#endif
+            int t = thread_index(), n = thread_count();
             FN(rows_affine)(x, NULL, out, C, A * t / n, A * (t + 1) / n, 0, C, alpha, shift, NULL);
         }
         return;
