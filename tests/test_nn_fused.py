@@ -108,12 +108,22 @@ def test_batchnorm_runs_the_kernels_by_default_and_use_kernels_turns_them_off(mo
 
 
 @pytest.mark.skipif(not fused.fused_available(), reason=NO_KERNELS)
-def test_kernels_share_torchs_openmp_runtime():
-    """One OpenMP runtime in the process: the kernels run on torch's threads, not a second pool."""
-    fused.fused_available()
-    maps = open("/proc/self/maps").read().splitlines()
-    runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line or "/libomp" in line}
-    assert len(runtimes) == 1, runtimes
+def test_loading_the_kernels_adds_no_openmp_runtime():
+    """The kernels bind to the OpenMP runtime torch loaded: loading them maps no second one (no second pool).
+
+    In a fresh process, since other libraries (scikit-learn's wheels) bring OpenMP runtimes of their own.
+    """
+    code = (
+        "import torch\n"
+        "from bncourse.nn import fused\n"
+        "def runtimes():\n"
+        "    names = ('libgomp', 'libiomp5', 'libomp')\n"
+        "    return {l.split()[-1] for l in open('/proc/self/maps') if l.split()[-1].rsplit('/', 1)[-1].startswith(names)}\n"
+        "before = runtimes()\n"
+        "assert fused.fused_available()\n"
+        "assert len(before) == 1 and runtimes() == before, (before, runtimes())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 @pytest.mark.skipif(not fused.fused_available(), reason=NO_KERNELS)
