@@ -150,6 +150,7 @@ def test_without_a_compiler_the_fused_layers_run_the_plain_path(tmp_path):
         "assert torch.equal(a(x), b(x))\n"
     )
     env = dict(os.environ, CC=str(tmp_path / "no-such-compiler"), BNCOURSE_KERNEL_CACHE=str(tmp_path / "cache"))
+    env.pop("BNCOURSE_KERNELS", None)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "runs the plain path" in done.stdout and "no-such-compiler" in done.stdout
@@ -206,3 +207,17 @@ def test_cases_cover_both_row_strategies():
         blocks.append(fused._column_block(dims[0], dims[1], 4))
     assert blocks == [fused.COL_BLOCK, 0]
     assert CASES["1d-wide-rows"][2][1] > fused.COL_BLOCK
+
+
+def test_fallback_backward_unpacks_the_saved_tensors_once(monkeypatch):
+    """Non-reentrant checkpointing allows one unpack: the fused Function falling back must not unpack twice."""
+    from bncourse.nn import _compile
+
+    monkeypatch.setattr(_compile, "_library", False)  # as where no C compiler exists
+    torch.manual_seed(0)
+    layer = bnn.BatchNorm2d(3)
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    out = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+    out.pow(2).sum().backward()
+    expected = torch.autograd.grad(nn.functional.batch_norm(x, None, None, layer.weight, layer.bias, True).pow(2).sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected, rtol=1e-4, atol=1e-5)

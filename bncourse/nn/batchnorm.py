@@ -157,10 +157,14 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout: Tensor | None, _dmean: None, _dvar: None):
+        return BatchNormFunction._backward(ctx, dout, *ctx.saved_tensors)
+
+    @staticmethod
+    def _backward(ctx, dout: Tensor | None, x: Tensor, weight: Tensor | None, mean: Tensor, inv_std: Tensor):
+        """The backward from the saved tensors, unpacked once by the caller (checkpointing allows one unpack)."""
         no_grads = (None,) * 7
         if dout is None:
             return no_grads
-        x, weight, mean, inv_std = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if x.numel() == 0:
             zeros = torch.zeros(x.shape[1], dtype=mean.dtype, device=x.device)

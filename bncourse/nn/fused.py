@@ -175,7 +175,7 @@ class FusedBatchNormFunction(BatchNormFunction):
         plain = dout is None or torch.is_grad_enabled() or not _fusable(x, weight, mean, inv_std)
         layout = None if plain else _layout(x)
         if layout is None:
-            return BatchNormFunction.backward(ctx, dout, _dmean, _dvar)
+            return BatchNormFunction._backward(ctx, dout, x, weight, mean, inv_std)
         kind, dims = layout
         if dout.stride() != x.stride() or dout.dtype != x.dtype:  # e.g. an expanded gradient
             dout = torch.empty_like(x).copy_(dout)
