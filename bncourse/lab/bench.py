@@ -189,23 +189,15 @@ def batchnorm_training_cases(
 
     return {
         NATIVE: torch_case(native),
-        OURS: torch_case(_torch_ops_path(ours)),
+        OURS: _without_kernels(torch_case(ours)),
         NAIVE: torch_case(lambda t: naive_batchnorm(t, weight, bias)),
         NUMPY: numpy_case,
     }
 
 
-def _torch_ops_path(layer: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``layer`` run with the compiled kernels off: the torch-ops path of :mod:`bncourse.nn.batchnorm`."""
-
-    def run(t: torch.Tensor) -> torch.Tensor:
-        with use_kernels(False):
-            return layer(t)
-
-    return run
-
-
 def _without_kernels(case: Callable[[], object]) -> Callable[[], object]:
+    """``case`` run with the compiled kernels off: the torch-ops path of :mod:`bncourse.nn.batchnorm`."""
+
     def run() -> object:
         with use_kernels(False):  # the forward picks the path; its backward follows
             return case()

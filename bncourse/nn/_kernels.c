@@ -55,6 +55,16 @@ static inline void merge(double *count, double *mean, double *m2, double n, doub
     *count = total;
 }
 
+/* Blend a channel's batch mean and biased variance (over m values) into the running buffers
+ * (NULL: none): r += momentum * (stat - r), with the unbiased variance var * m / (m - 1), as torch.
+ * A batch of one value per channel moves nothing. */
+static inline void update_running(scalar *running_mean, scalar *running_var, int64_t k, double mean, double var,
+                                  double m, double momentum) {
+    if (m <= 1) return;
+    if (running_mean) running_mean[k] = (scalar)(running_mean[k] + momentum * (mean - running_mean[k]));
+    if (running_var) running_var[k] = (scalar)(running_var[k] + momentum * (var * m / (m - 1) - running_var[k]));
+}
+
 /* Mean and M2 of channel c of x (A, C, B), chunk by chunk of whole planes. */
 static void FN(channel_moments)(const scalar *x, int64_t A, int64_t C, int64_t B, int64_t c,
                                 double *mean, double *m2) {
@@ -82,9 +92,11 @@ static void FN(channel_moments)(const scalar *x, int64_t A, int64_t C, int64_t B
 
 /* Training forward, planes: statistics then output, one channel at a time, so the
  * output pass reads the channel from cache. weight and bias may be NULL (affine=False);
- * mean and the biased var come back per channel (computed in double). */
+ * mean and the biased var come back per channel (computed in double), and the running
+ * buffers, where given, are updated with them. */
 void FN(forward_planes)(const scalar *x, scalar *out, int64_t A, int64_t C, int64_t B, const scalar *weight,
-                        const scalar *bias, double eps, scalar *mean, scalar *var, int threads) {
+                        const scalar *bias, double eps, scalar *mean, scalar *var, scalar *running_mean,
+                        scalar *running_var, double momentum, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t c = 0; c < C; c++) {
         double mu, m2;
@@ -99,6 +111,7 @@ void FN(forward_planes)(const scalar *x, scalar *out, int64_t A, int64_t C, int6
         }
         mean[c] = (scalar)mu;
         var[c] = (scalar)v;
+        update_running(running_mean, running_var, c, mu, v, (double)(A * B), momentum);
     }
 }
 
@@ -212,7 +225,8 @@ static void FN(rows_affine)(const scalar *x, const scalar *dout, scalar *out, in
  * every row holds every channel, so each thread reduces a slice of rows, the slices are merged,
  * then the output is a second pass. */
 void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const scalar *weight, const scalar *bias,
-                      double eps, scalar *mean_out, scalar *var_out, int64_t block, double *work, int threads) {
+                      double eps, scalar *mean_out, scalar *var_out, scalar *running_mean, scalar *running_var,
+                      double momentum, int64_t block, double *work, int threads) {
     /* work: 2 * C doubles (mean, M2), then 2 * C scalars (alpha, shift) */
     double *mean = work, *var = work + C;
     scalar *alpha = (scalar *)(work + 2 * C), *shift = alpha + C;
@@ -231,6 +245,7 @@ void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const 
                     shift[k] = (scalar)((bias ? bias[k] : 0.0) - mean[k] * a);
                     mean_out[k] = (scalar)mean[k];
                     var_out[k] = (scalar)var[k];
+                    update_running(running_mean, running_var, k, mean[k], var[k], (double)R, momentum);
                 }
                 FN(rows_affine)(x, NULL, out, C, 0, R, kb, ke, alpha, shift, NULL);
             }
@@ -259,6 +274,7 @@ void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const 
         double v = m2 / (double)R, a = (weight ? weight[k] : 1.0) / sqrt(v + eps);
         mean_out[k] = (scalar)mu;
         var_out[k] = (scalar)v;
+        update_running(running_mean, running_var, k, mu, v, (double)R, momentum);
         alpha[k] = (scalar)a;
         shift[k] = (scalar)((bias ? bias[k] : 0.0) - mu * a);
     }

@@ -106,16 +106,21 @@ def _layout(t: Tensor) -> tuple[str, tuple[int, ...]] | None:
 
 
 def _fusable(x: Tensor, *per_channel: Tensor | None) -> bool:
-    """Whether the kernels take ``x`` and its ``(C,)`` tensors (same dtype, contiguous) here."""
+    """Whether the kernels take ``x`` and its ``(C,)`` tensors here."""
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and x.numel() > 0
-        and all(t is None or (t.dtype == x.dtype and t.device == x.device and t.is_contiguous()) for t in per_channel)
+        and _same_kind(x, *per_channel)
         and not _functorch_active()
         and not torch.compiler.is_compiling()
         and _compile.load() is not None
     )
+
+
+def _same_kind(x: Tensor, *per_channel: Tensor | None) -> bool:
+    """Whether each given ``(C,)`` tensor has ``x``'s dtype and device and is contiguous (the kernels read it raw)."""
+    return all(t is None or (t.dtype == x.dtype and t.device == x.device and t.is_contiguous()) for t in per_channel)
 
 
 def _kernel(name: str, dtype: torch.dtype):
@@ -159,14 +164,22 @@ class FusedBatchNormFunction(BatchNormFunction):
         x = x.detach()
         out = torch.empty_like(x)  # same strides: channels-last stays channels-last
         mean, var = torch.empty(c, dtype=x.dtype), torch.empty(c, dtype=x.dtype)
-        common = (_pointer(weight), _pointer(bias), eps, mean.data_ptr(), var.data_ptr())
+        # The running buffers are blended inside the kernel where it can write them, else below.
+        in_kernel = _same_kind(x, running_mean, running_var)
+        running = (_pointer(running_mean), _pointer(running_var), momentum) if in_kernel else (None, None, 0.0)
+        common = (_pointer(weight), _pointer(bias), eps, mean.data_ptr(), var.data_ptr(), *running)
         if kind == "planes":
             _kernel("forward_planes", x.dtype)(x.data_ptr(), out.data_ptr(), *dims, *common, threads)
         else:
             work = torch.empty(4 * c, dtype=torch.float64)
             block = _column_block(dims[0], c, x.element_size())
             _kernel("forward_rows", x.dtype)(x.data_ptr(), out.data_ptr(), *dims, *common, block, work.data_ptr(), threads)
-        _update_running_buffers(running_mean, running_var, mean, var, x.numel() // c, momentum)
+        if not in_kernel:
+            _update_running_buffers(running_mean, running_var, mean, var, x.numel() // c, momentum)
+        else:  # written through a pointer: tell autograd they changed, as an in-place op would
+            for buffer in (running_mean, running_var):
+                if buffer is not None:
+                    torch.autograd.graph.increment_version(buffer)
         return out, mean, var
 
     @staticmethod
