@@ -33,10 +33,10 @@ _INT64, _DOUBLE, _INT, _PTR = ctypes.c_int64, ctypes.c_double, ctypes.c_int, cty
 SIGNATURES = {  # argument types of each kernel (pointers are data_ptr() of contiguous tensors)
     "forward_planes": [_PTR, _PTR, _INT64, _INT64, _INT64, _PTR, _PTR, _DOUBLE, _PTR, _PTR, _PTR, _PTR, _DOUBLE, _INT],
     "backward_planes": [_PTR, _PTR, _PTR, _INT64, _INT64, _INT64, _PTR, _PTR, _PTR, _PTR, _PTR, _INT],
-    "forward_rows": [_PTR, _PTR, _INT64, _INT64, _PTR, _PTR, _DOUBLE, _PTR, _PTR, _PTR, _PTR, _DOUBLE, _INT64, _PTR, _INT],
-    "backward_rows": [_PTR, _PTR, _PTR, _INT64, _INT64, _PTR, _PTR, _PTR, _PTR, _PTR, _INT64, _PTR, _INT],
+    "forward_rows": [_PTR, _PTR, _INT64, _INT64, _PTR, _PTR, _DOUBLE, _PTR, _PTR, _PTR, _PTR, _DOUBLE, _INT64, _INT],
+    "backward_rows": [_PTR, _PTR, _PTR, _INT64, _INT64, _PTR, _PTR, _PTR, _PTR, _PTR, _INT64, _INT],
     "affine": [_PTR, _PTR, _INT64, _INT64, _INT64, _PTR, _PTR, _INT],
-    "evaluate": [_PTR, _PTR, _INT64, _INT64, _INT64, _PTR, _PTR, _PTR, _PTR, _DOUBLE, _PTR, _INT],
+    "evaluate": [_PTR, _PTR, _INT64, _INT64, _INT64, _PTR, _PTR, _PTR, _PTR, _DOUBLE, _INT],
 }
 
 

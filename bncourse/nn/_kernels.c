@@ -65,6 +65,32 @@ static inline void update_running(scalar *running_mean, scalar *running_var, int
     if (running_var) running_var[k] = (scalar)(running_var[k] + momentum * (var * m / (m - 1) - running_var[k]));
 }
 
+/* Per-channel coefficients of the output, and the statistics handed back (mean, biased var,
+ * running buffers), for column k from its mean and M2 over R rows. */
+static inline void FN(output_coefficients)(int64_t k, double mean, double m2, double R, const scalar *weight,
+                                           const scalar *bias, double eps, scalar *alpha, scalar *shift,
+                                           scalar *mean_out, scalar *var_out, scalar *running_mean,
+                                           scalar *running_var, double momentum) {
+    double v = m2 / R, a = (weight ? weight[k] : 1.0) / sqrt(v + eps);
+    *alpha = (scalar)a;
+    *shift = (scalar)((bias ? bias[k] : 0.0) - mean * a);
+    mean_out[k] = (scalar)mean;
+    var_out[k] = (scalar)v;
+    update_running(running_mean, running_var, k, mean, v, R, momentum);
+}
+
+/* Per-channel coefficients of dx = k * dout + coef * x + const for column c, from the sums. */
+static inline void FN(input_grad_coefficients)(int64_t c, double sum_d, double sum_dx, double m, const scalar *weight,
+                                               const scalar *mean, const scalar *inv_std, scalar *kk, scalar *cc,
+                                               scalar *sc, scalar *dgamma_out, scalar *dbeta_out) {
+    double is = inv_std[c], dg = sum_dx * is, kv = (weight ? weight[c] : 1.0) * is, coef = -kv * is * dg / m;
+    *kk = (scalar)kv;
+    *cc = (scalar)coef;
+    *sc = (scalar)(-kv * sum_d / m - coef * (double)mean[c]);
+    dgamma_out[c] = (scalar)dg;
+    dbeta_out[c] = (scalar)sum_d;
+}
+
 /* Mean and M2 of channel c of x (A, C, B), chunk by chunk of whole planes. */
 static void FN(channel_moments)(const scalar *x, int64_t A, int64_t C, int64_t B, int64_t c,
                                 double *mean, double *m2) {
@@ -101,17 +127,15 @@ void FN(forward_planes)(const scalar *x, scalar *out, int64_t A, int64_t C, int6
     for (int64_t c = 0; c < C; c++) {
         double mu, m2;
         FN(channel_moments)(x, A, C, B, c, &mu, &m2);
-        double v = m2 / (double)(A * B), alpha = (weight ? weight[c] : 1.0) / sqrt(v + eps);
-        scalar al = (scalar)alpha, sh = (scalar)((bias ? bias[c] : 0.0) - mu * alpha);
+        scalar al, sh;
+        FN(output_coefficients)(c, mu, m2, (double)(A * B), weight, bias, eps, &al, &sh, mean, var, running_mean,
+                                running_var, momentum);
         for (int64_t a = 0; a < A; a++) {
             const scalar *p = x + (a * C + c) * B;
             scalar *o = out + (a * C + c) * B;
 #pragma omp simd
             for (int64_t b = 0; b < B; b++) o[b] = p[b] * al + sh;
         }
-        mean[c] = (scalar)mu;
-        var[c] = (scalar)v;
-        update_running(running_mean, running_var, c, mu, v, (double)(A * B), momentum);
     }
 }
 
@@ -137,11 +161,9 @@ void FN(backward_planes)(const scalar *dout, const scalar *x, scalar *dx, int64_
             sum_d += sd;
             sum_dx += sdx;
         }
-        double is = inv_std[c], dg = sum_dx * is, k = (weight ? weight[c] : 1.0) * is, coef = -k * is * dg / m;
-        dgamma[c] = (scalar)dg;
-        dbeta[c] = (scalar)sum_d;
+        scalar kc, cc, sc;
+        FN(input_grad_coefficients)(c, sum_d, sum_dx, m, weight, mean, inv_std, &kc, &cc, &sc, dgamma, dbeta);
         if (!dx) continue;
-        scalar kc = (scalar)k, cc = (scalar)coef, sc = (scalar)(-k * sum_d / m - coef * (double)mean[c]);
         for (int64_t a = 0; a < A; a++) {
             const scalar *g = dout + (a * C + c) * B, *v = x + (a * C + c) * B;
             scalar *d = dx + (a * C + c) * B;
@@ -151,12 +173,13 @@ void FN(backward_planes)(const scalar *dout, const scalar *x, scalar *dx, int64_
     }
 }
 
-/* Rows r0:r1, columns k0:k1 of x (R, C): mean and M2 per column into mean[k], m2[k] (double). */
+/* Rows r0:r1, columns k0:k1 of x (R, C): mean and M2 of column k0 + j into mean[j], m2[j] (double).
+ * s and q: scratch of k1 - k0 scalars. */
 static void FN(rows_moments)(const scalar *x, int64_t C, int64_t r0, int64_t r1, int64_t k0, int64_t k1,
                              double *mean, double *m2, scalar *s, scalar *q) {
     int64_t width = k1 - k0;
     double count = 0;
-    for (int64_t k = k0; k < k1; k++) mean[k] = m2[k] = 0;
+    for (int64_t j = 0; j < width; j++) mean[j] = m2[j] = 0;
     for (int64_t lo = r0; lo < r1; lo += ROW_CHUNK) {
         int64_t hi = lo + ROW_CHUNK < r1 ? lo + ROW_CHUNK : r1;
         for (int64_t j = 0; j < width; j++) s[j] = q[j] = 0;
@@ -173,17 +196,19 @@ static void FN(rows_moments)(const scalar *x, int64_t C, int64_t r0, int64_t r1,
         }
         for (int64_t j = 0; j < width; j++) {
             double c = count;
-            merge(&c, &mean[k0 + j], &m2[k0 + j], (double)(hi - lo), s[j], q[j]);
+            merge(&c, &mean[j], &m2[j], (double)(hi - lo), s[j], q[j]);
         }
         count += (double)(hi - lo);
     }
 }
 
-/* Rows r0:r1, columns k0:k1: sum(dout) and sum(dout * (x - mean)) per column (double). */
+/* Rows r0:r1, columns k0:k1: sum(dout) and sum(dout * (x - mean)) of column k0 + j into sum_d[j],
+ * sum_dx[j] (double). sd and sdx: scratch of k1 - k0 scalars. */
 static void FN(rows_grad_sums)(const scalar *dout, const scalar *x, int64_t C, int64_t r0, int64_t r1, int64_t k0,
-                               int64_t k1, const scalar *mu, double *sum_d, double *sum_dx, scalar *sd, scalar *sdx) {
+                               int64_t k1, const scalar *mean, double *sum_d, double *sum_dx, scalar *sd, scalar *sdx) {
     int64_t width = k1 - k0;
-    for (int64_t k = k0; k < k1; k++) sum_d[k] = sum_dx[k] = 0;
+    const scalar *mu = mean + k0;
+    for (int64_t j = 0; j < width; j++) sum_d[j] = sum_dx[j] = 0;
     for (int64_t lo = r0; lo < r1; lo += ROW_CHUNK) {
         int64_t hi = lo + ROW_CHUNK < r1 ? lo + ROW_CHUNK : r1;
         for (int64_t j = 0; j < width; j++) sd[j] = sdx[j] = 0;
@@ -192,17 +217,18 @@ static void FN(rows_grad_sums)(const scalar *dout, const scalar *x, int64_t C, i
 #pragma omp simd
             for (int64_t j = 0; j < width; j++) {
                 sd[j] += g[j];
-                sdx[j] += g[j] * (v[j] - mu[k0 + j]);
+                sdx[j] += g[j] * (v[j] - mu[j]);
             }
         }
         for (int64_t j = 0; j < width; j++) {
-            sum_d[k0 + j] += sd[j];
-            sum_dx[k0 + j] += sdx[j];
+            sum_d[j] += sd[j];
+            sum_dx[j] += sdx[j];
         }
     }
 }
 
-/* out = x * alpha + shift (rows r0:r1, columns k0:k1), also dx = k * dout + coef * x + const when dout is set. */
+/* Rows r0:r1, columns k0:k1: out = x * alpha + shift, or dx = k * dout + alpha * x + shift when dout
+ * is set; alpha[j], shift[j], k[j] belong to column k0 + j. */
 static void FN(rows_affine)(const scalar *x, const scalar *dout, scalar *out, int64_t C, int64_t r0, int64_t r1,
                             int64_t k0, int64_t k1, const scalar *alpha, const scalar *shift, const scalar *k) {
     int64_t width = k1 - k0;
@@ -212,48 +238,44 @@ static void FN(rows_affine)(const scalar *x, const scalar *dout, scalar *out, in
         if (dout) {
             const scalar *g = dout + r * C + k0;
 #pragma omp simd
-            for (int64_t j = 0; j < width; j++) o[j] = k[k0 + j] * g[j] + alpha[k0 + j] * v[j] + shift[k0 + j];
+            for (int64_t j = 0; j < width; j++) o[j] = k[j] * g[j] + alpha[j] * v[j] + shift[j];
         } else {
 #pragma omp simd
-            for (int64_t j = 0; j < width; j++) o[j] = v[j] * alpha[k0 + j] + shift[k0 + j];
+            for (int64_t j = 0; j < width; j++) o[j] = v[j] * alpha[j] + shift[j];
         }
     }
 }
 
 /* Training forward, rows. block > 0: few rows, so each thread takes blocks of `block` columns over
- * all rows, statistics then output while the block is in cache. block == 0: many rows (channels-last);
- * every row holds every channel, so each thread reduces a slice of rows, the slices are merged,
- * then the output is a second pass. */
+ * all rows, statistics then output while the block is in cache; its scratch is one block's worth.
+ * block == 0: many rows (channels-last); every row holds every channel, so each thread reduces a
+ * slice of rows, the slices are merged, then the output is a second pass. */
 void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const scalar *weight, const scalar *bias,
                       double eps, scalar *mean_out, scalar *var_out, scalar *running_mean, scalar *running_var,
-                      double momentum, int64_t block, double *work, int threads) {
-    /* work: 2 * C doubles (mean, M2), then 2 * C scalars (alpha, shift) */
-    double *mean = work, *var = work + C;
-    scalar *alpha = (scalar *)(work + 2 * C), *shift = alpha + C;
+                      double momentum, int64_t block, int threads) {
     if (block > 0) {
 #pragma omp parallel num_threads(threads)
         {
-            scalar *s = malloc(2 * block * sizeof(scalar));
+            double *moments = malloc(2 * block * sizeof(double)); /* mean, M2 */
+            scalar *s = malloc(4 * block * sizeof(scalar));       /* chunk sums (2), alpha, shift */
+            scalar *alpha = s + 2 * block, *shift = s + 3 * block;
 #pragma omp for schedule(static)
             for (int64_t kb = 0; kb < C; kb += block) {
                 int64_t ke = kb + block < C ? kb + block : C;
-                FN(rows_moments)(x, C, 0, R, kb, ke, mean, var, s, s + block);
-                for (int64_t k = kb; k < ke; k++) {
-                    var[k] /= (double)R;
-                    double a = (weight ? weight[k] : 1.0) / sqrt(var[k] + eps);
-                    alpha[k] = (scalar)a;
-                    shift[k] = (scalar)((bias ? bias[k] : 0.0) - mean[k] * a);
-                    mean_out[k] = (scalar)mean[k];
-                    var_out[k] = (scalar)var[k];
-                    update_running(running_mean, running_var, k, mean[k], var[k], (double)R, momentum);
-                }
+                FN(rows_moments)(x, C, 0, R, kb, ke, moments, moments + block, s, s + block);
+                for (int64_t j = 0; j < ke - kb; j++)
+                    FN(output_coefficients)(kb + j, moments[j], moments[block + j], (double)R, weight, bias, eps,
+                                            alpha + j, shift + j, mean_out, var_out, running_mean, running_var,
+                                            momentum);
                 FN(rows_affine)(x, NULL, out, C, 0, R, kb, ke, alpha, shift, NULL);
             }
+            free(moments);
             free(s);
         }
         return;
     }
     double *part = malloc(3 * (size_t)threads * C * sizeof(double)); /* per slice: count, mean, M2 */
+    scalar *alpha = malloc(2 * C * sizeof(scalar)), *shift = alpha + C;
     int used = 1;
 #pragma omp parallel num_threads(threads)
     {
@@ -271,12 +293,8 @@ void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const 
         for (int t = 0; t < used; t++)
             if (part[3 * t * C + k] > 0)
                 merge(&count, &mu, &m2, part[3 * t * C + k], part[(3 * t + 1) * C + k], part[(3 * t + 2) * C + k]);
-        double v = m2 / (double)R, a = (weight ? weight[k] : 1.0) / sqrt(v + eps);
-        mean_out[k] = (scalar)mu;
-        var_out[k] = (scalar)v;
-        update_running(running_mean, running_var, k, mu, v, (double)R, momentum);
-        alpha[k] = (scalar)a;
-        shift[k] = (scalar)((bias ? bias[k] : 0.0) - mu * a);
+        FN(output_coefficients)(k, mu, m2, (double)R, weight, bias, eps, alpha + k, shift + k, mean_out, var_out,
+                                running_mean, running_var, momentum);
     }
     free(part);
 #pragma omp parallel num_threads(threads)
@@ -284,40 +302,36 @@ void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const 
         int t = thread_index(), n = thread_count();
         FN(rows_affine)(x, NULL, out, C, R * t / n, R * (t + 1) / n, 0, C, alpha, shift, NULL);
     }
+    free(alpha);
 }
 
 /* Training backward, rows, with the same two strategies as forward_rows. dx may be NULL. */
 void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t R, int64_t C, const scalar *weight,
                        const scalar *mean, const scalar *inv_std, scalar *dgamma_out, scalar *dbeta_out,
-                       int64_t block, double *work, int threads) {
-    /* work: 2 * C doubles (dgamma, dbeta sums), then 3 * C scalars (k, coef, const) */
-    double *dgamma = work, *dbeta = work + C, m = (double)R;
-    const scalar *mu = mean;
-    scalar *kk = (scalar *)(work + 2 * C), *cc = kk + C, *sc = kk + 2 * C;
+                       int64_t block, int threads) {
+    double m = (double)R;
     if (block > 0) {
 #pragma omp parallel num_threads(threads)
         {
-            scalar *s = malloc(2 * block * sizeof(scalar));
+            double *sums = malloc(2 * block * sizeof(double)); /* sum(dout), sum(dout * (x - mean)) */
+            scalar *s = malloc(5 * block * sizeof(scalar));    /* chunk sums (2), k, coef, const */
+            scalar *kk = s + 2 * block, *cc = s + 3 * block, *sc = s + 4 * block;
 #pragma omp for schedule(static)
             for (int64_t kb = 0; kb < C; kb += block) {
                 int64_t ke = kb + block < C ? kb + block : C;
-                FN(rows_grad_sums)(dout, x, C, 0, R, kb, ke, mu, dbeta, dgamma, s, s + block);
-                for (int64_t k = kb; k < ke; k++) {
-                    dgamma[k] *= inv_std[k];
-                    double kv = (weight ? weight[k] : 1.0) * inv_std[k], c = -kv * inv_std[k] * dgamma[k] / m;
-                    kk[k] = (scalar)kv;
-                    cc[k] = (scalar)c;
-                    sc[k] = (scalar)(-kv * dbeta[k] / m - c * (double)mean[k]);
-                    dgamma_out[k] = (scalar)dgamma[k];
-                    dbeta_out[k] = (scalar)dbeta[k];
-                }
+                FN(rows_grad_sums)(dout, x, C, 0, R, kb, ke, mean, sums, sums + block, s, s + block);
+                for (int64_t j = 0; j < ke - kb; j++)
+                    FN(input_grad_coefficients)(kb + j, sums[j], sums[block + j], m, weight, mean, inv_std, kk + j,
+                                                cc + j, sc + j, dgamma_out, dbeta_out);
                 if (dx) FN(rows_affine)(x, dout, dx, C, 0, R, kb, ke, cc, sc, kk);
             }
+            free(sums);
             free(s);
         }
         return;
     }
     double *part = malloc(2 * (size_t)threads * C * sizeof(double));
+    scalar *kk = malloc(3 * C * sizeof(scalar)), *cc = kk + C, *sc = kk + 2 * C;
     int used = 1;
 #pragma omp parallel num_threads(threads)
     {
@@ -325,8 +339,8 @@ void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t 
 #pragma omp single
         used = n;
         scalar *s = malloc(2 * C * sizeof(scalar));
-        FN(rows_grad_sums)(dout, x, C, R * t / n, R * (t + 1) / n, 0, C, mu, part + 2 * t * C, part + (2 * t + 1) * C,
-                           s, s + C);
+        FN(rows_grad_sums)(dout, x, C, R * t / n, R * (t + 1) / n, 0, C, mean, part + 2 * t * C,
+                           part + (2 * t + 1) * C, s, s + C);
         free(s);
     }
     for (int64_t k = 0; k < C; k++) {
@@ -335,20 +349,18 @@ void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t 
             sd += part[2 * t * C + k];
             sdx += part[(2 * t + 1) * C + k];
         }
-        double dg = sdx * inv_std[k], kv = (weight ? weight[k] : 1.0) * inv_std[k], c = -kv * inv_std[k] * dg / m;
-        dbeta_out[k] = (scalar)sd;
-        dgamma_out[k] = (scalar)dg;
-        kk[k] = (scalar)kv;
-        cc[k] = (scalar)c;
-        sc[k] = (scalar)(-kv * sd / m - c * (double)mean[k]);
+        FN(input_grad_coefficients)(k, sd, sdx, m, weight, mean, inv_std, kk + k, cc + k, sc + k, dgamma_out,
+                                    dbeta_out);
     }
     free(part);
-    if (!dx) return;
+    if (dx) {
 #pragma omp parallel num_threads(threads)
-    {
-        int t = thread_index(), n = thread_count();
-        FN(rows_affine)(x, dout, dx, C, R * t / n, R * (t + 1) / n, 0, C, cc, sc, kk);
+        {
+            int t = thread_index(), n = thread_count();
+            FN(rows_affine)(x, dout, dx, C, R * t / n, R * (t + 1) / n, 0, C, cc, sc, kk);
+        }
     }
+    free(kk);
 }
 
 /* Evaluation: out = x * alpha + shift with per-channel coefficients, in one pass.
@@ -375,14 +387,15 @@ void FN(affine)(const scalar *x, scalar *out, int64_t A, int64_t C, int64_t B, c
 
 /* Evaluation from the running statistics: alpha = weight / sqrt(running_var + eps),
  * shift = bias - running_mean * alpha per channel (weight, bias may be NULL), then
- * out = x * alpha + shift in one pass. coef is scratch of 2 * C scalars. */
+ * out = x * alpha + shift in one pass. */
 void FN(evaluate)(const scalar *x, scalar *out, int64_t A, int64_t C, int64_t B, const scalar *running_mean,
-                  const scalar *running_var, const scalar *weight, const scalar *bias, double eps, scalar *coef,
-                  int threads) {
+                  const scalar *running_var, const scalar *weight, const scalar *bias, double eps, int threads) {
+    scalar *coef = malloc(2 * C * sizeof(scalar));
     for (int64_t c = 0; c < C; c++) {
         double a = (weight ? (double)weight[c] : 1.0) / sqrt((double)running_var[c] + eps);
         coef[c] = (scalar)a;
         coef[C + c] = (scalar)((bias ? (double)bias[c] : 0.0) - (double)running_mean[c] * a);
     }
     FN(affine)(x, out, A, C, B, coef, coef + C, threads);
+    free(coef);
 }

@@ -171,9 +171,8 @@ class FusedBatchNormFunction(BatchNormFunction):
         if kind == "planes":
             _kernel("forward_planes", x.dtype)(x.data_ptr(), out.data_ptr(), *dims, *common, threads)
         else:
-            work = torch.empty(4 * c, dtype=torch.float64)
             block = _column_block(dims[0], c, x.element_size())
-            _kernel("forward_rows", x.dtype)(x.data_ptr(), out.data_ptr(), *dims, *common, block, work.data_ptr(), threads)
+            _kernel("forward_rows", x.dtype)(x.data_ptr(), out.data_ptr(), *dims, *common, block, threads)
         if not in_kernel:
             _update_running_buffers(running_mean, running_var, mean, var, x.numel() // c, momentum)
         else:  # written through a pointer: tell autograd they changed, as an in-place op would
@@ -201,11 +200,8 @@ class FusedBatchNormFunction(BatchNormFunction):
         if kind == "planes":
             _kernel("backward_planes", x.dtype)(dout.data_ptr(), x.data_ptr(), _pointer(dx), *dims, *common, threads)
         else:
-            work = torch.empty(5 * c, dtype=torch.float64)
             block = _column_block(dims[0], c, x.element_size())
-            _kernel("backward_rows", x.dtype)(
-                dout.data_ptr(), x.data_ptr(), _pointer(dx), *dims, *common, block, work.data_ptr(), threads
-            )
+            _kernel("backward_rows", x.dtype)(dout.data_ptr(), x.data_ptr(), _pointer(dx), *dims, *common, block, threads)
         return (dx, dgamma if need_w else None, dbeta if need_b else None) + (None,) * 4
 
 
@@ -228,12 +224,11 @@ def _fused_eval(
         return None
     kind, dims = layout
     out = torch.empty_like(x)
-    scratch = torch.empty(2 * x.shape[1], dtype=x.dtype)
     _kernel("evaluate", x.dtype)(
         x.data_ptr(), out.data_ptr(), dims[0], dims[1], dims[2] if kind == "planes" else 0,
         running_mean.data_ptr(), running_var.data_ptr(),
         _pointer(weight), _pointer(bias),
-        eps, scratch.data_ptr(), torch.get_num_threads(),
+        eps, torch.get_num_threads(),
     )
     return out
 
