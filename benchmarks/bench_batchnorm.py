@@ -5,12 +5,13 @@
 
 Part 1 (every case, one run): training forward + backward on contiguous
 ``(256, 4096)`` and ``(64, 64, 32, 32)`` inputs, the latter also channels-last,
-and the evaluation forward, each timed for ``torch.nn``, ``bncourse.nn`` as it
+the evaluation forward, and an evaluation forward + backward (fine-tuning with
+the statistics frozen), each timed for ``torch.nn``, ``bncourse.nn`` as it
 runs by default (its C kernels, where they can be built) and ``bncourse.nn`` on
 its torch-ops path (``use_kernels(False)``), printed as ratios to ``torch.nn``. The roofline column is the least time the layer could take on
 this machine if every pass went to memory: the full-tensor reads and writes of
 a two-pass forward and backward (6 and 2 for training, 1 and 1 for
-evaluation; see ``bench.roofline_passes``) at the read
+evaluation, 3 and 2 with frozen statistics; see ``bench.roofline_passes``) at the read
 bandwidth of ``x.sum()`` and the read + write bandwidth of ``x.clone()``,
 measured on the same tensor in the same run.
 
@@ -37,15 +38,16 @@ LAYER_CASES = [  # (label, shape, mode, memory format)
     ("train channels_last", (64, 64, 32, 32), "train", torch.channels_last),
     ("eval", (256, 4096), "eval", torch.contiguous_format),
     ("eval", (64, 64, 32, 32), "eval", torch.contiguous_format),
+    ("frozen (eval + backward)", (64, 64, 32, 32), "frozen", torch.contiguous_format),
 ]
 
 
 def layer_table(repeats: int, statistic: str) -> None:
     """Part 1: every case's ratios to torch.nn and the roofline, from one run."""
     fused = "measured" if bench.fused_available() else "n/a (the C kernels cannot be built here)"
-    print(f"\n{'case':38s} {'torch.nn':>9s} {'bncourse.nn':>12s} {'bncourse.nn':>12s} {'roofline':>9s} {'torch.nn':>9s}")
-    print(f"{'':38s} {'':>9s} {'(default)':>12s} {'torch ops':>12s} {'':>9s} {'':>9s}")
-    print(f"{'':38s} {'ms':>9s} {'x torch':>12s} {'x torch':>12s} {'x torch':>9s} {'clones':>9s}")
+    print(f"\n{'case':44s} {'torch.nn':>9s} {'bncourse.nn':>12s} {'bncourse.nn':>12s} {'roofline':>9s} {'torch.nn':>9s}")
+    print(f"{'':44s} {'':>9s} {'(default)':>12s} {'torch ops':>12s} {'':>9s} {'':>9s}")
+    print(f"{'':44s} {'ms':>9s} {'x torch':>12s} {'x torch':>12s} {'x torch':>9s} {'clones':>9s}")
     for label, shape, mode, fmt in LAYER_CASES:
         cases = bench.layer_cases(shape, mode, memory_format=fmt)
         times = bench.time_interleaved(cases, repeats=repeats, statistic=statistic)
@@ -53,14 +55,14 @@ def layer_table(repeats: int, statistic: str) -> None:
         roofline = bench.roofline_time(mode, times[bench.READ], clone)
         fused_ratio = f"{times[bench.FUSED] / native:11.2f}x" if bench.FUSED in times else "        n/a"
         print(
-            f"{label + ' ' + str(shape):38s} {native * 1e3:9.2f} {fused_ratio} {times[bench.OURS] / native:11.2f}x "
+            f"{label + ' ' + str(shape):44s} {native * 1e3:9.2f} {fused_ratio} {times[bench.OURS] / native:11.2f}x "
             f"{roofline / native:8.2f}x {native / clone:9.1f}"
         )
     x = torch.randn(64, 64, 32, 32)
     t = bench.time_interleaved({"read": x.sum, "copy": x.clone}, repeats=repeats, statistic=statistic)
     x_bytes = x.numel() * x.element_size()
     print(
-        f"\nroofline: training reads 6 x bytes(x) and writes 2 x, evaluation 1 and 1, all from memory (the C kernels re-read a channel from cache). "
+        f"\nroofline: training reads 6 x bytes(x) and writes 2 x, evaluation 1 and 1, frozen 3 and 2, all from memory (the C kernels re-read a channel from cache). "
         f"Measured on a 16 MiB tensor: read {x_bytes / t['read'] / 1e9:.1f} GB/s (x.sum()), "
         f"read + write {2 * x_bytes / t['copy'] / 1e9:.1f} GB/s (x.clone()). C kernels: {fused}."
     )

@@ -84,7 +84,7 @@ def test_reduction_cases_agree():
 
 
 @pytest.mark.parametrize("shape,fmt", [((40, 3), torch.contiguous_format), ((4, 3, 2, 2), torch.channels_last)])
-@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("mode", ["train", "eval", "frozen"])
 def test_layer_cases_compute_the_same_thing(shape, fmt, mode):
     cases = bench.layer_cases(shape, mode, memory_format=fmt, dtype=torch.float64)
     native = cases[bench.NATIVE]().clone()
@@ -97,6 +97,7 @@ def test_layer_cases_compute_the_same_thing(shape, fmt, mode):
 
 def test_roofline():
     assert bench.roofline_passes("train") == (6, 2) and bench.roofline_passes("eval") == (1, 1)
+    assert bench.roofline_passes("frozen") == (3, 2)
     assert bench.roofline_time("train", read_time=1.0, copy_time=3.0) == 6 + 2 * 2
     assert bench.roofline_time("eval", read_time=1.0, copy_time=3.0) == 3.0
     with pytest.raises(ValueError, match="mode"):

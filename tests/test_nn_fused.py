@@ -221,3 +221,94 @@ def test_fallback_backward_unpacks_the_saved_tensors_once(monkeypatch):
     out.pow(2).sum().backward()
     expected = torch.autograd.grad(nn.functional.batch_norm(x, None, None, layer.weight, layer.bias, True).pow(2).sum(), x)[0]
     torch.testing.assert_close(x.grad, expected, rtol=1e-4, atol=1e-5)
+
+
+LAYER_CONFIGS = {
+    "default": {},
+    "cumulative-average": {"momentum": None},
+    "no-running-stats": {"track_running_stats": False},
+    "no-affine": {"affine": False},
+}
+
+
+@pytest.mark.skipif(not fused.fused_available(), reason=NO_KERNELS)
+@pytest.mark.parametrize("config", list(LAYER_CONFIGS))
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_layer_shortcut_matches_torch_in_every_mode(config, fmt, monkeypatch):
+    """The layers' shortcut to the kernels (fused._layer_forward) in each mode, against torch in float64.
+
+    Training with and without a graph, evaluation with and without one, in
+    that order, so the running statistics of one step feed the next; every
+    step must have run the kernels.
+    """
+    calls = []
+    original = fused._kernel
+    monkeypatch.setattr(fused, "_kernel", lambda name, dtype: calls.append(name) or original(name, dtype))
+    kwargs = LAYER_CONFIGS[config]
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(5, dtype=torch.float64, **kwargs)
+    ours = bnn.BatchNorm2d(5, dtype=torch.float64, **kwargs)
+    if ref.affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.normal_()
+    ours.load_state_dict(ref.state_dict())
+    for training, grad in ((True, True), (True, False), (False, True), (False, False), (True, True)):
+        x = (torch.randn(6, 5, 4, 3, dtype=torch.float64) * 3 + 1).contiguous(memory_format=fmt)
+        dout = torch.randn_like(x)
+        results = []
+        for layer in (ours, ref):
+            layer.train(training).zero_grad()
+            xi = x.clone().requires_grad_(grad)
+            with torch.set_grad_enabled(grad):
+                out = layer(xi)
+            if grad:
+                out.backward(dout)
+            params = [p.grad for p in layer.parameters()] if grad else []
+            results.append([out, *([xi.grad] if grad else []), *params, *layer.buffers()])
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        assert results[0][0].stride() == results[1][0].stride()
+    kind = "planes" if fmt == torch.contiguous_format else "rows"
+    train, backward = f"forward_{kind}", f"backward_{kind}"
+    evaluate = "evaluate" if ref.track_running_stats else train  # without running statistics: the batch's
+    assert calls == [train, backward, train, evaluate, backward, evaluate, train, backward]
+
+
+@pytest.mark.skipif(not fused.fused_available(), reason=NO_KERNELS)
+@pytest.mark.parametrize("training", [True, False])
+def test_layer_shortcut_double_backward(training):
+    """A gradient of the gradient through a layer (gradient penalties) in train and eval mode, float64.
+
+    gradgradcheck checks that the gradient is differentiated consistently;
+    the comparison with torch's layer checks that it is the right gradient
+    (with create_graph=True, the backward takes its differentiable branch)
+    and the right second derivative.
+    """
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(3, momentum=0.0, dtype=torch.float64).train(training)
+    with torch.no_grad():
+        ref.running_mean.normal_()
+        ref.running_var.uniform_(0.5, 2)
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.normal_()
+    # momentum 0: the same function at each of gradgradcheck's calls
+    layer = bnn.BatchNorm2d(3, momentum=0.0, dtype=torch.float64).train(training)
+    layer.load_state_dict(ref.state_dict())
+    x, g = torch.randn(2, 4, 3, 2, 2, dtype=torch.float64).unbind()
+    penalties = []
+    for module in (layer, ref):
+        xi = x.clone().requires_grad_()
+        dx, dw = torch.autograd.grad((module(xi) * g).sum(), (xi, module.weight), create_graph=True)
+        penalty = dx.square().sum() + dw.square().sum()
+        penalties.append((dx, dw, *torch.autograd.grad(penalty, (xi, module.weight))))
+    for a, b in zip(*penalties, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    weight, bias = (p.detach().clone().requires_grad_() for p in (layer.weight, layer.bias))
+
+    def normalize(x, weight, bias):  # the layer with its parameters as inputs the check differentiates
+        return torch.func.functional_call(layer, {"weight": weight, "bias": bias}, (x,))
+
+    assert torch.autograd.gradcheck(normalize, (x, weight, bias))
+    assert torch.autograd.gradgradcheck(normalize, (x, weight, bias))

@@ -294,13 +294,17 @@ def roofline_passes(mode: str) -> tuple[int, int]:
     ``"train"``: forward + backward that keeps only ``x``: statistics (read
     ``x``), output (read ``x``, write ``out``), gradient sums (read ``x`` and
     ``dout``), input gradient (read ``x`` and ``dout``, write ``dx``): 6 reads
-    and 2 writes. ``"eval"``: read ``x``, write ``out``. A kernel that
-    re-reads a channel from cache right after its first pass (``bncourse.nn``'s
-    C kernels on contiguous input) moves less through memory than this.
+    and 2 writes. ``"eval"``: read ``x``, write ``out``. ``"frozen"``: an
+    evaluation forward and its backward (fine-tuning with frozen statistics):
+    the output, then ``sum(dout)`` and ``sum(dout * (x - running_mean))``
+    with ``dx = alpha * dout`` in the same pass: 3 reads and 2 writes. A kernel
+    that re-reads a channel from cache right after its first pass
+    (``bncourse.nn``'s C kernels on contiguous input) moves less through
+    memory than this.
     """
-    passes = {"train": (6, 2), "eval": (1, 1)}
+    passes = {"train": (6, 2), "eval": (1, 1), "frozen": (3, 2)}
     if mode not in passes:
-        raise ValueError(f"expected mode 'train' or 'eval', got {mode!r}")
+        raise ValueError(f"expected mode 'train', 'eval' or 'frozen', got {mode!r}")
     return passes[mode]
 
 
@@ -330,13 +334,15 @@ def layer_cases(
     :data:`READ` (``x.sum()``: one read), the yardsticks for
     :func:`roofline_time`. ``mode="train"``: forward + backward in
     training mode, returning ``x``'s gradient; ``"eval"``: an evaluation
-    forward under ``torch.no_grad()``, returning the output.
+    forward under ``torch.no_grad()``, returning the output; ``"frozen"``:
+    forward + backward in evaluation mode (the running statistics frozen, the
+    parameters and ``x`` learning), returning ``x``'s gradient.
     ``memory_format=torch.channels_last`` stores ``x`` and ``dout`` channels-last.
     """
     if len(shape) not in (2, 4):
         raise ValueError(f"expected a 2-D (N, C) or 4-D (N, C, H, W) shape, got {shape}")
-    if mode not in ("train", "eval"):
-        raise ValueError(f"expected mode 'train' or 'eval', got {mode!r}")
+    if mode not in ("train", "eval", "frozen"):
+        raise ValueError(f"expected mode 'train', 'eval' or 'frozen', got {mode!r}")
     gen = torch.Generator().manual_seed(seed)
     c, two_d = shape[1], len(shape) == 4
     x = (torch.randn(shape, generator=gen, dtype=dtype) * 2 + 1).contiguous(memory_format=memory_format)
@@ -346,14 +352,14 @@ def layer_cases(
     if fused_available():
         classes[FUSED] = ours
     layers = {name: cls(c, dtype=dtype).train(mode == "train") for name, cls in classes.items()}
-    if mode == "eval":
+    if mode != "train":
         running_mean = torch.rand(c, generator=gen, dtype=dtype) * 2 - 1  # some statistics to use
         running_var = torch.rand(c, generator=gen, dtype=dtype) + 0.5
         with torch.no_grad():
             for layer in layers.values():
                 layer.running_mean.copy_(running_mean)
                 layer.running_var.copy_(running_var)
-    x_train = x.clone().requires_grad_(mode == "train")
+    x_train = x.clone().requires_grad_(mode != "eval")
 
     def case(layer: nn.Module) -> Callable[[], torch.Tensor]:
         def train() -> torch.Tensor:
@@ -365,7 +371,7 @@ def layer_cases(
             with torch.no_grad():
                 return layer(x)
 
-        return train if mode == "train" else evaluate
+        return evaluate if mode == "eval" else train
 
     cases = {name: case(layer) for name, layer in layers.items()}
     cases[OURS] = _without_kernels(cases[OURS])

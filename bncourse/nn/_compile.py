@@ -28,13 +28,13 @@ import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("_kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-std=c11"]
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fPIC", "-std=c11"]
 _INT64, _DOUBLE, _INT, _PTR = ctypes.c_int64, ctypes.c_double, ctypes.c_int, ctypes.c_void_p
 SIGNATURES = {  # argument types of each kernel (pointers are data_ptr() of contiguous tensors)
-    "forward_planes": [_PTR, _PTR, _INT64, _INT64, _INT64, _PTR, _PTR, _DOUBLE, _PTR, _PTR, _PTR, _PTR, _DOUBLE, _INT],
-    "backward_planes": [_PTR, _PTR, _PTR, _INT64, _INT64, _INT64, _PTR, _PTR, _PTR, _PTR, _PTR, _INT],
-    "forward_rows": [_PTR, _PTR, _INT64, _INT64, _PTR, _PTR, _DOUBLE, _PTR, _PTR, _PTR, _PTR, _DOUBLE, _INT64, _INT],
-    "backward_rows": [_PTR, _PTR, _PTR, _INT64, _INT64, _PTR, _PTR, _PTR, _PTR, _PTR, _INT64, _INT],
+    "forward_planes": [_PTR, _PTR, _INT64, _INT64, _INT64, _PTR, _PTR, _DOUBLE, _PTR, _PTR, _PTR, _PTR, _PTR, _DOUBLE, _INT],
+    "backward_planes": [_PTR, _PTR, _PTR, _INT64, _INT64, _INT64, _PTR, _PTR, _PTR, _INT, _PTR, _PTR, _INT],
+    "forward_rows": [_PTR, _PTR, _INT64, _INT64, _PTR, _PTR, _DOUBLE, _PTR, _PTR, _PTR, _PTR, _PTR, _DOUBLE, _INT64, _INT],
+    "backward_rows": [_PTR, _PTR, _PTR, _INT64, _INT64, _PTR, _PTR, _PTR, _INT, _PTR, _PTR, _INT64, _INT],
     "affine": [_PTR, _PTR, _INT64, _INT64, _INT64, _PTR, _PTR, _INT],
     "evaluate": [_PTR, _PTR, _INT64, _INT64, _INT64, _PTR, _PTR, _PTR, _PTR, _DOUBLE, _INT],
 }

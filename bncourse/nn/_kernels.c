@@ -65,28 +65,37 @@ static inline void update_running(scalar *running_mean, scalar *running_var, int
     if (running_var) running_var[k] = (scalar)(running_var[k] + momentum * (var * m / (m - 1) - running_var[k]));
 }
 
+/* The statistics a training forward hands back: mean, biased var, inv_std (NULL: not wanted). */
+typedef struct {
+    scalar *mean, *var, *inv_std;
+} FN(stats_out);
+
 /* Per-channel coefficients of the output, and the statistics handed back (mean, biased var,
- * running buffers), for column k from its mean and M2 over R rows. */
+ * inv_std, running buffers), for column k from its mean and M2 over R rows. */
 static inline void FN(output_coefficients)(int64_t k, double mean, double m2, double R, const scalar *weight,
                                            const scalar *bias, double eps, scalar *alpha, scalar *shift,
-                                           scalar *mean_out, scalar *var_out, scalar *running_mean,
-                                           scalar *running_var, double momentum) {
-    double v = m2 / R, a = (weight ? weight[k] : 1.0) / sqrt(v + eps);
+                                           FN(stats_out) stats, scalar *running_mean, scalar *running_var,
+                                           double momentum) {
+    double v = m2 / R, is = 1.0 / sqrt(v + eps), a = (weight ? weight[k] : 1.0) * is;
     *alpha = (scalar)a;
     *shift = (scalar)((bias ? bias[k] : 0.0) - mean * a);
-    mean_out[k] = (scalar)mean;
-    var_out[k] = (scalar)v;
+    stats.mean[k] = (scalar)mean;
+    stats.var[k] = (scalar)v;
+    if (stats.inv_std) stats.inv_std[k] = (scalar)is;
     update_running(running_mean, running_var, k, mean, v, R, momentum);
 }
 
-/* Per-channel coefficients of dx = k * dout + coef * x + const for column c, from the sums. */
+/* Per-channel coefficients of dx = k * dout + coef * x + const for column c, from the sums.
+ * frozen: mean and inv_std are constants (evaluation from the running statistics), so
+ * dx = k * dout; else they are the batch's and dx carries their derivative too. */
 static inline void FN(input_grad_coefficients)(int64_t c, double sum_d, double sum_dx, double m, const scalar *weight,
-                                               const scalar *mean, const scalar *inv_std, scalar *kk, scalar *cc,
-                                               scalar *sc, scalar *dgamma_out, scalar *dbeta_out) {
-    double is = inv_std[c], dg = sum_dx * is, kv = (weight ? weight[c] : 1.0) * is, coef = -kv * is * dg / m;
+                                               const scalar *mean, const scalar *inv_std, int frozen, scalar *kk,
+                                               scalar *cc, scalar *sc, scalar *dgamma_out, scalar *dbeta_out) {
+    double is = inv_std[c], dg = sum_dx * is, kv = (weight ? weight[c] : 1.0) * is;
+    double coef = frozen ? 0.0 : -kv * is * dg / m;
     *kk = (scalar)kv;
     *cc = (scalar)coef;
-    *sc = (scalar)(-kv * sum_d / m - coef * (double)mean[c]);
+    *sc = (scalar)(frozen ? 0.0 : -kv * sum_d / m - coef * (double)mean[c]);
     dgamma_out[c] = (scalar)dg;
     dbeta_out[c] = (scalar)sum_d;
 }
@@ -118,17 +127,18 @@ static void FN(channel_moments)(const scalar *x, int64_t A, int64_t C, int64_t B
 
 /* Training forward, planes: statistics then output, one channel at a time, so the
  * output pass reads the channel from cache. weight and bias may be NULL (affine=False);
- * mean and the biased var come back per channel (computed in double), and the running
- * buffers, where given, are updated with them. */
+ * mean, the biased var and (where inv_std is not NULL) 1 / sqrt(var + eps) come back per
+ * channel (computed in double), and the running buffers, where given, are updated with them. */
 void FN(forward_planes)(const scalar *x, scalar *out, int64_t A, int64_t C, int64_t B, const scalar *weight,
-                        const scalar *bias, double eps, scalar *mean, scalar *var, scalar *running_mean,
-                        scalar *running_var, double momentum, int threads) {
+                        const scalar *bias, double eps, scalar *mean, scalar *var, scalar *inv_std,
+                        scalar *running_mean, scalar *running_var, double momentum, int threads) {
+    FN(stats_out) stats = {mean, var, inv_std};
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t c = 0; c < C; c++) {
         double mu, m2;
         FN(channel_moments)(x, A, C, B, c, &mu, &m2);
         scalar al, sh;
-        FN(output_coefficients)(c, mu, m2, (double)(A * B), weight, bias, eps, &al, &sh, mean, var, running_mean,
+        FN(output_coefficients)(c, mu, m2, (double)(A * B), weight, bias, eps, &al, &sh, stats, running_mean,
                                 running_var, momentum);
         for (int64_t a = 0; a < A; a++) {
             const scalar *p = x + (a * C + c) * B;
@@ -139,11 +149,12 @@ void FN(forward_planes)(const scalar *x, scalar *out, int64_t A, int64_t C, int6
     }
 }
 
-/* Training backward, planes: per channel, dbeta = sum(dout) and
+/* Backward, planes: per channel, dbeta = sum(dout) and
  * dgamma = inv_std * sum(dout * (x - mean)), then at once, from cache,
- * dx = k * dout + coef * x + const (skipped when dx is NULL). */
+ * dx = k * dout + coef * x + const (skipped when dx is NULL). frozen: the
+ * statistics were the running ones (evaluation), constants to differentiate. */
 void FN(backward_planes)(const scalar *dout, const scalar *x, scalar *dx, int64_t A, int64_t C, int64_t B,
-                         const scalar *weight, const scalar *mean, const scalar *inv_std, scalar *dgamma,
+                         const scalar *weight, const scalar *mean, const scalar *inv_std, int frozen, scalar *dgamma,
                          scalar *dbeta, int threads) {
     double m = (double)(A * B);
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -162,7 +173,8 @@ void FN(backward_planes)(const scalar *dout, const scalar *x, scalar *dx, int64_
             sum_dx += sdx;
         }
         scalar kc, cc, sc;
-        FN(input_grad_coefficients)(c, sum_d, sum_dx, m, weight, mean, inv_std, &kc, &cc, &sc, dgamma, dbeta);
+        FN(input_grad_coefficients)(c, sum_d, sum_dx, m, weight, mean, inv_std, frozen, &kc, &cc, &sc, dgamma,
+                                    dbeta);
         if (!dx) continue;
         for (int64_t a = 0; a < A; a++) {
             const scalar *g = dout + (a * C + c) * B, *v = x + (a * C + c) * B;
@@ -251,8 +263,9 @@ static void FN(rows_affine)(const scalar *x, const scalar *dout, scalar *out, in
  * block == 0: many rows (channels-last); every row holds every channel, so each thread reduces a
  * slice of rows, the slices are merged, then the output is a second pass. */
 void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const scalar *weight, const scalar *bias,
-                      double eps, scalar *mean_out, scalar *var_out, scalar *running_mean, scalar *running_var,
-                      double momentum, int64_t block, int threads) {
+                      double eps, scalar *mean_out, scalar *var_out, scalar *inv_std_out, scalar *running_mean,
+                      scalar *running_var, double momentum, int64_t block, int threads) {
+    FN(stats_out) stats = {mean_out, var_out, inv_std_out};
     if (block > 0) {
 #pragma omp parallel num_threads(threads)
         {
@@ -265,7 +278,7 @@ void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const 
                 FN(rows_moments)(x, C, 0, R, kb, ke, moments, moments + block, s, s + block);
                 for (int64_t j = 0; j < ke - kb; j++)
                     FN(output_coefficients)(kb + j, moments[j], moments[block + j], (double)R, weight, bias, eps,
-                                            alpha + j, shift + j, mean_out, var_out, running_mean, running_var,
+                                            alpha + j, shift + j, stats, running_mean, running_var,
                                             momentum);
                 FN(rows_affine)(x, NULL, out, C, 0, R, kb, ke, alpha, shift, NULL);
             }
@@ -293,7 +306,7 @@ void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const 
         for (int t = 0; t < used; t++)
             if (part[3 * t * C + k] > 0)
                 merge(&count, &mu, &m2, part[3 * t * C + k], part[(3 * t + 1) * C + k], part[(3 * t + 2) * C + k]);
-        FN(output_coefficients)(k, mu, m2, (double)R, weight, bias, eps, alpha + k, shift + k, mean_out, var_out,
+        FN(output_coefficients)(k, mu, m2, (double)R, weight, bias, eps, alpha + k, shift + k, stats,
                                 running_mean, running_var, momentum);
     }
     free(part);
@@ -305,9 +318,10 @@ void FN(forward_rows)(const scalar *x, scalar *out, int64_t R, int64_t C, const 
     free(alpha);
 }
 
-/* Training backward, rows, with the same two strategies as forward_rows. dx may be NULL. */
+/* Backward, rows, with the same two strategies as forward_rows. dx may be NULL; frozen as in
+ * backward_planes. */
 void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t R, int64_t C, const scalar *weight,
-                       const scalar *mean, const scalar *inv_std, scalar *dgamma_out, scalar *dbeta_out,
+                       const scalar *mean, const scalar *inv_std, int frozen, scalar *dgamma_out, scalar *dbeta_out,
                        int64_t block, int threads) {
     double m = (double)R;
     if (block > 0) {
@@ -321,8 +335,8 @@ void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t 
                 int64_t ke = kb + block < C ? kb + block : C;
                 FN(rows_grad_sums)(dout, x, C, 0, R, kb, ke, mean, sums, sums + block, s, s + block);
                 for (int64_t j = 0; j < ke - kb; j++)
-                    FN(input_grad_coefficients)(kb + j, sums[j], sums[block + j], m, weight, mean, inv_std, kk + j,
-                                                cc + j, sc + j, dgamma_out, dbeta_out);
+                    FN(input_grad_coefficients)(kb + j, sums[j], sums[block + j], m, weight, mean, inv_std, frozen,
+                                                kk + j, cc + j, sc + j, dgamma_out, dbeta_out);
                 if (dx) FN(rows_affine)(x, dout, dx, C, 0, R, kb, ke, cc, sc, kk);
             }
             free(sums);
@@ -349,8 +363,8 @@ void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t 
             sd += part[2 * t * C + k];
             sdx += part[(2 * t + 1) * C + k];
         }
-        FN(input_grad_coefficients)(k, sd, sdx, m, weight, mean, inv_std, kk + k, cc + k, sc + k, dgamma_out,
-                                    dbeta_out);
+        FN(input_grad_coefficients)(k, sd, sdx, m, weight, mean, inv_std, frozen, kk + k, cc + k, sc + k,
+                                    dgamma_out, dbeta_out);
     }
     free(part);
     if (dx) {
@@ -390,12 +404,21 @@ void FN(affine)(const scalar *x, scalar *out, int64_t A, int64_t C, int64_t B, c
  * out = x * alpha + shift in one pass. */
 void FN(evaluate)(const scalar *x, scalar *out, int64_t A, int64_t C, int64_t B, const scalar *running_mean,
                   const scalar *running_var, const scalar *weight, const scalar *bias, double eps, int threads) {
-    scalar *coef = malloc(2 * C * sizeof(scalar));
-    for (int64_t c = 0; c < C; c++) {
-        double a = (weight ? (double)weight[c] : 1.0) / sqrt((double)running_var[c] + eps);
-        coef[c] = (scalar)a;
-        coef[C + c] = (scalar)((bias ? (double)bias[c] : 0.0) - (double)running_mean[c] * a);
+    /* alpha, shift, and 1 and 0 standing for a missing weight or bias: the loop below has no
+     * branch, so it vectorizes (thousands of channels cost a square root and a division each). */
+    scalar *coef = malloc(4 * C * sizeof(scalar)), *alpha = coef, *shift = coef + C;
+    if (!weight || !bias) {
+        scalar *ones = coef + 2 * C, *zeros = coef + 3 * C;
+        for (int64_t c = 0; c < C; c++) ones[c] = 1, zeros[c] = 0;
+        if (!weight) weight = ones;
+        if (!bias) bias = zeros;
     }
-    FN(affine)(x, out, A, C, B, coef, coef + C, threads);
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+        double a = (double)weight[c] / sqrt((double)running_var[c] + eps);
+        alpha[c] = (scalar)a;
+        shift[c] = (scalar)((double)bias[c] - (double)running_mean[c] * a);
+    }
+    FN(affine)(x, out, A, C, B, alpha, shift, threads);
     free(coef);
 }

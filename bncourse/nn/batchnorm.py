@@ -246,6 +246,8 @@ def batch_norm(
 # and its evaluation map (which returns None where it does not apply).
 _TRAINING_FUNCTIONS: dict[bool, type[torch.autograd.Function]] = {}
 _FUSED_EVAL = None
+# bncourse.nn.fused's shortcut for the layers' common case: (layer, input) -> output, or None.
+_LAYER_FORWARD = None
 # Whether layers and batch_norm run the compiled kernels where they apply (fused=None);
 # bncourse.nn.use_kernels(False) turns them off, as torch.backends.cudnn.flags does for cuDNN.
 _KERNELS_ENABLED = True
@@ -501,6 +503,10 @@ class _BatchNorm(nn.Module):
         """
         if torch.jit.is_scripting():
             return self._forward_scripted(input)
+        if _LAYER_FORWARD is not None and (_KERNELS_ENABLED if self._fused is None else self._fused):
+            output = _LAYER_FORWARD(self, input)
+            if output is not None:
+                return output
         return _module_forward(
             input,
             type(self).__name__,
