@@ -24,8 +24,10 @@ CASES = {  # our fused class, torch's class, shape, memory format
     "3d-planes": (bnn.FusedBatchNorm3d, nn.BatchNorm3d, (3, 7, 2, 3, 4), None),
     "2d-channels-last": (bnn.FusedBatchNorm2d, nn.BatchNorm2d, (5, 7, 4, 3), torch.channels_last),
     "3d-channels-last": (bnn.FusedBatchNorm3d, nn.BatchNorm3d, (3, 7, 2, 3, 4), torch.channels_last_3d),
-    # more columns than one cache block: blocks of COL_BLOCK columns and a remainder
+    # more columns than one cache block: blocks of 256 columns and a remainder
     "1d-wide-rows": (bnn.FusedBatchNorm1d, nn.BatchNorm1d, (40, 600), None),
+    # enough columns for blocks of 512 and a remainder
+    "1d-many-columns": (bnn.FusedBatchNorm1d, nn.BatchNorm1d, (30, 2100), None),
     # too many rows for a column block to stay in cache: the two-pass kernels, rows split across threads
     "2d-channels-last-many-rows": (bnn.FusedBatchNorm2d, nn.BatchNorm2d, (32, 5, 40, 40), torch.channels_last),
 }
@@ -69,7 +71,7 @@ def _compare(ours_cls, ref_cls, shape, fmt, dtype, tol):
 def test_fused_kernels_match_torch(case):
     ours_cls, ref_cls, shape, fmt = CASES[case]
     _compare(ours_cls, ref_cls, shape, fmt, torch.float32, dict(rtol=1e-4, atol=1e-5))
-    if case in ("2d-planes", "1d-rows", "1d-wide-rows", "2d-channels-last-many-rows", "1d-small-planes"):
+    if case in ("2d-planes", "1d-rows", "1d-wide-rows", "1d-many-columns", "2d-channels-last-many-rows", "1d-small-planes"):
         _compare(ours_cls, ref_cls, shape, fmt, torch.float64, dict(rtol=1e-10, atol=1e-10))
 
 
@@ -201,12 +203,13 @@ def test_fused_eval_matches_torch_with_and_without_grad(fmt):
 def test_cases_cover_both_row_strategies():
     """The rows cases above reach both the column-blocked and the two-pass kernels."""
     blocks = []
-    for key in ("1d-wide-rows", "2d-channels-last-many-rows"):
+    for key in ("1d-many-columns", "1d-wide-rows", "2d-channels-last-many-rows"):
         shape, fmt = CASES[key][2], CASES[key][3] or torch.contiguous_format
         kind, dims = fused._layout(torch.empty(shape).contiguous(memory_format=fmt))
         blocks.append(fused._column_block(dims[0], dims[1], 4))
-    assert blocks == [fused.COL_BLOCK, 0]
-    assert CASES["1d-wide-rows"][2][1] > fused.COL_BLOCK
+    assert blocks == [*fused.COL_BLOCKS, 0]
+    assert CASES["1d-wide-rows"][2][1] > fused.COL_BLOCKS[-1]
+    assert fused._column_block(256, 4096, 4) == 512  # the benchmark's (256, 4096): 8 blocks of 512
 
 
 def test_fallback_backward_unpacks_the_saved_tensors_once(monkeypatch):
