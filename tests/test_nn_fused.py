@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -64,6 +65,21 @@ def _compare(ours_cls, ref_cls, shape, fmt, dtype, tol):
         assert results[0][0].stride() == results[1][0].stride()  # the layout is kept
     for a, b in zip(ours.buffers(), ref.buffers(), strict=True):
         torch.testing.assert_close(a.to(b.dtype), b, **tol)
+
+
+def test_kernels_build_wherever_a_c_compiler_exists():
+    """Where the kernels should build, they do: else every test below would skip and pass unseen.
+
+    A compile error in ``_kernels.c`` makes ``fused_available()`` False with a
+    warning, and the layers quietly run the torch-ops path.
+    """
+    compiler = os.environ.get("CC")  # as _compile: $CC if set, else cc or gcc
+    found = shutil.which(compiler) if compiler else shutil.which("cc") or shutil.which("gcc")
+    if not sys.platform.startswith("linux") or not found:
+        pytest.skip(f"no C compiler ({compiler or 'cc or gcc'}) on Linux here: the kernels are not expected to build")
+    from bncourse.nn import _compile
+
+    assert _compile.build().exists()  # raises Unavailable with the compiler's own message
 
 
 @pytest.mark.skipif(not fused.fused_available(), reason=NO_KERNELS)

@@ -149,6 +149,12 @@ void FN(forward_planes)(const scalar *x, scalar *out, int64_t A, int64_t C, int6
     }
 }
 
+/* k[j] = weight * inv_std of column k0 + j, for k0 <= column < k1: with frozen statistics,
+ * dx = k * dout (the same value input_grad_coefficients gives). */
+static void FN(frozen_input_scale)(const scalar *weight, const scalar *inv_std, int64_t k0, int64_t k1, scalar *k) {
+    for (int64_t j = 0; j < k1 - k0; j++) k[j] = (scalar)((weight ? weight[k0 + j] : 1.0) * (double)inv_std[k0 + j]);
+}
+
 /* Backward, planes: per channel, dbeta = sum(dout) and
  * dgamma = inv_std * sum(dout * (x - mean)), then at once, from cache,
  * dx = k * dout + coef * x + const (skipped when dx is NULL). frozen: the
@@ -160,14 +166,27 @@ void FN(backward_planes)(const scalar *dout, const scalar *x, scalar *dx, int64_
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t c = 0; c < C; c++) {
         scalar mu = mean[c];
+        /* frozen: dx = k * dout needs none of the sums, so it is written in the same pass */
+        scalar k_frozen;
+        FN(frozen_input_scale)(weight, inv_std, c, c + 1, &k_frozen);
         double sum_d = 0, sum_dx = 0;
         for (int64_t a = 0; a < A; a++) {
             const scalar *g = dout + (a * C + c) * B, *v = x + (a * C + c) * B;
             scalar sd = 0, sdx = 0;
+            if (frozen && dx) {
+                scalar *d = dx + (a * C + c) * B;
 #pragma omp simd reduction(+ : sd, sdx)
-            for (int64_t b = 0; b < B; b++) {
-                sd += g[b];
-                sdx += g[b] * (v[b] - mu);
+                for (int64_t b = 0; b < B; b++) {
+                    sd += g[b];
+                    sdx += g[b] * (v[b] - mu);
+                    d[b] = k_frozen * g[b];
+                }
+            } else {
+#pragma omp simd reduction(+ : sd, sdx)
+                for (int64_t b = 0; b < B; b++) {
+                    sd += g[b];
+                    sdx += g[b] * (v[b] - mu);
+                }
             }
             sum_d += sd;
             sum_dx += sdx;
@@ -175,7 +194,7 @@ void FN(backward_planes)(const scalar *dout, const scalar *x, scalar *dx, int64_
         scalar kc, cc, sc;
         FN(input_grad_coefficients)(c, sum_d, sum_dx, m, weight, mean, inv_std, frozen, &kc, &cc, &sc, dgamma,
                                     dbeta);
-        if (!dx) continue;
+        if (!dx || frozen) continue;
         for (int64_t a = 0; a < A; a++) {
             const scalar *g = dout + (a * C + c) * B, *v = x + (a * C + c) * B;
             scalar *d = dx + (a * C + c) * B;
@@ -215,9 +234,11 @@ static void FN(rows_moments)(const scalar *x, int64_t C, int64_t r0, int64_t r1,
 }
 
 /* Rows r0:r1, columns k0:k1: sum(dout) and sum(dout * (x - mean)) of column k0 + j into sum_d[j],
- * sum_dx[j] (double). sd and sdx: scratch of k1 - k0 scalars. */
+ * sum_dx[j] (double). sd and sdx: scratch of k1 - k0 scalars. Where dx is not NULL, also
+ * dx = k * dout in the same pass (frozen statistics), k[j] belonging to column k0 + j. */
 static void FN(rows_grad_sums)(const scalar *dout, const scalar *x, int64_t C, int64_t r0, int64_t r1, int64_t k0,
-                               int64_t k1, const scalar *mean, double *sum_d, double *sum_dx, scalar *sd, scalar *sdx) {
+                               int64_t k1, const scalar *mean, double *sum_d, double *sum_dx, scalar *sd, scalar *sdx,
+                               scalar *dx, const scalar *k) {
     int64_t width = k1 - k0;
     const scalar *mu = mean + k0;
     for (int64_t j = 0; j < width; j++) sum_d[j] = sum_dx[j] = 0;
@@ -226,6 +247,16 @@ static void FN(rows_grad_sums)(const scalar *dout, const scalar *x, int64_t C, i
         for (int64_t j = 0; j < width; j++) sd[j] = sdx[j] = 0;
         for (int64_t r = lo; r < hi; r++) {
             const scalar *g = dout + r * C + k0, *v = x + r * C + k0;
+            if (dx) {
+                scalar *d = dx + r * C + k0;
+#pragma omp simd
+                for (int64_t j = 0; j < width; j++) {
+                    sd[j] += g[j];
+                    sdx[j] += g[j] * (v[j] - mu[j]);
+                    d[j] = k[j] * g[j];
+                }
+                continue;
+            }
 #pragma omp simd
             for (int64_t j = 0; j < width; j++) {
                 sd[j] += g[j];
@@ -333,11 +364,13 @@ void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t 
 #pragma omp for schedule(static)
             for (int64_t kb = 0; kb < C; kb += block) {
                 int64_t ke = kb + block < C ? kb + block : C;
-                FN(rows_grad_sums)(dout, x, C, 0, R, kb, ke, mean, sums, sums + block, s, s + block);
+                if (frozen) FN(frozen_input_scale)(weight, inv_std, kb, ke, kk);
+                FN(rows_grad_sums)(dout, x, C, 0, R, kb, ke, mean, sums, sums + block, s, s + block,
+                                   frozen ? dx : NULL, kk);
                 for (int64_t j = 0; j < ke - kb; j++)
                     FN(input_grad_coefficients)(kb + j, sums[j], sums[block + j], m, weight, mean, inv_std, frozen,
                                                 kk + j, cc + j, sc + j, dgamma_out, dbeta_out);
-                if (dx) FN(rows_affine)(x, dout, dx, C, 0, R, kb, ke, cc, sc, kk);
+                if (dx && !frozen) FN(rows_affine)(x, dout, dx, C, 0, R, kb, ke, cc, sc, kk);
             }
             free(sums);
             free(s);
@@ -346,6 +379,7 @@ void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t 
     }
     double *part = malloc(2 * (size_t)threads * C * sizeof(double));
     scalar *kk = malloc(3 * C * sizeof(scalar)), *cc = kk + C, *sc = kk + 2 * C;
+    if (frozen) FN(frozen_input_scale)(weight, inv_std, 0, C, kk);
     int used = 1;
 #pragma omp parallel num_threads(threads)
     {
@@ -354,7 +388,7 @@ void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t 
         used = n;
         scalar *s = malloc(2 * C * sizeof(scalar));
         FN(rows_grad_sums)(dout, x, C, R * t / n, R * (t + 1) / n, 0, C, mean, part + 2 * t * C,
-                           part + (2 * t + 1) * C, s, s + C);
+                           part + (2 * t + 1) * C, s, s + C, frozen ? dx : NULL, kk);
         free(s);
     }
     for (int64_t k = 0; k < C; k++) {
@@ -367,7 +401,7 @@ void FN(backward_rows)(const scalar *dout, const scalar *x, scalar *dx, int64_t 
                                     dgamma_out, dbeta_out);
     }
     free(part);
-    if (dx) {
+    if (dx && !frozen) {
 #pragma omp parallel num_threads(threads)
         {
             int t = thread_index(), n = thread_count();
