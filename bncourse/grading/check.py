@@ -46,7 +46,7 @@ from .exercises import EXERCISES, Exercise
 from .notebooks import (AnswerError, NotebookError, cell_role, cell_source, extract_answers,
                         identify_exercise, read_notebook, strip_magics)
 from .release import PACKAGE_COPY
-from .sandbox import RUNNER, LaunchResult, Limits, Sandbox
+from .sandbox import RUNNER, LaunchResult, Limits, Sandbox, describe_names, restored_setup_names
 from .sandbox_cache import cached_sandbox, forget
 
 __all__ = ["check_notebook", "check_cells", "answer_imports", "outside_helpers"]
@@ -255,7 +255,7 @@ def _run_portable(workdir: Path, python: str, plan: dict[str, Any], limits: Limi
 def _execute(cells: list[dict[str, str]], sandbox: Sandbox | None, limits: Limits,
              workdir: Path) -> tuple[LaunchResult, str]:
     """Run the cells; returns the result and the sandbox kind that ran them."""
-    plan = {"cells": [{"label": c["label"], "code": c["code"]} for c in cells]}
+    plan = {"cells": [{"label": c["label"], "code": c["code"], "role": c["role"]} for c in cells]}
     if os.name == "nt" or sandbox is None:
         shutil.copyfile(RUNNER, workdir / "runner.py")
         return _run_portable(workdir, sys.executable, plan, limits), "plain process"
@@ -435,6 +435,10 @@ def _report(exercise: Exercise, cells: list[dict[str, str]], result: LaunchResul
     for name in helpers:
         costs.append(f"only the answer cells are run: move `{name}` into the answer cell "
                      "(it is defined in another cell of your notebook)")
+    restored = {name for event in result.events for name in restored_setup_names(event)}
+    if restored:
+        costs.append(f"your code redefines {describe_names(restored)}, which the set-up cell defines: the "
+                     "grader, like these checks, runs the set-up cell's own (rename yours)")
     student = [i for i, c in enumerate(cells) if c["role"] in ("answer", "check")]
     seconds = sum(float(events[i].get("seconds") or 0.0) for i in student if i in events)
     stopped_at = None

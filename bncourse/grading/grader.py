@@ -48,7 +48,7 @@ from .judge import JudgeError, judge_value, load_output
 from .notebooks import (AnswerError, Answers, NotebookError, cell_role, cell_source, display_name,
                         extract_answers, foreign_format_hint, identify_exercise, read_notebook, strip_magics)
 from .results import collect_rows, read_results, write_grades_csv, write_results
-from .sandbox import RUNNER, LaunchResult, Limits, Sandbox
+from .sandbox import RUNNER, LaunchResult, Limits, Sandbox, describe_names, restored_setup_names
 from .spec import Case, case_plan
 from .submissions import MAX_SUBMISSION_BYTES, Submission, collect_submissions, result_name, walk_submission
 from .workdirs import WORKDIR_PREFIX, clean_stale_workdirs, make_workdir, remove_tree
@@ -103,6 +103,7 @@ class _Run:
     problem: str | None = None
     notebook: str | None = None
     answer_error: str | None = None
+    setup_restored: set[str] = field(default_factory=set)  # set-up names the student's code redefined
     case_errors: dict[int, str] = field(default_factory=dict)
     case_done: set[int] = field(default_factory=set)
     started: bool = False
@@ -375,6 +376,8 @@ class Grader:
                 run.started, current = True, ex_id
             elif kind == "answer_error" and run.answer_error is None:
                 run.answer_error = _event_text(event.get("msg", ""))
+            elif kind == "setup_restored" and len(run.setup_restored) < 10:
+                run.setup_restored.update(restored_setup_names(event)[: 10 - len(run.setup_restored)])
             elif kind == "case_start" and case is not None:
                 run.killed_case = case
             elif kind == "case" and case is not None:
@@ -468,6 +471,10 @@ class Grader:
         elif any(m.endswith("no value came back") for m in messages):
             reason = ("your code ran, but its results never reached the grader (does your code "
                       "replace NumPy functions, or files in its working directory?)")
+        if run.setup_restored:
+            redefined = (f"your code redefines {describe_names(run.setup_restored)}, which the set-up cell "
+                         "defines: the hidden tests ran the set-up cell's own")
+            reason = f"{reason}; {redefined}" if reason else redefined
         # With a reason, "no value came back" adds nothing; other value messages still help.
         details = [m for m in messages if not (reason and m.endswith("no value came back"))]
         parts = ([reason] if reason else []) + details

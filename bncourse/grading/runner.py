@@ -23,6 +23,10 @@ Modes:
   process says about scores counts.
 - ``cells``: run a list of notebook cells in one namespace (``bncourse check``).
 
+In both modes the names the set-up cell defines are put back after the answer has run
+(and, in ``grade``, before every step of a hidden case), and an event names any that
+student code had changed: the hidden cases and the checks build on the released set-up.
+
 Progress and errors go to file descriptor EVENTS_FD (a pipe to the grader) as JSON lines, so the student's
 prints on stdout cannot be confused with them (they can forge them, which only
 changes messages, never scores).
@@ -389,6 +393,52 @@ class StepError(Exception):
     """A problem with what the student's code returned, phrased for the student."""
 
 
+# -- the set-up cell's names -------------------------------------------------------
+# The set-up cell (restored from the released notebook) defines what the hidden cases and the
+# checks build on, e.g. Exercise 14's training loop. Student code runs in the same namespace, so
+# it could rebind those names (an answer cell with its own `def train_network`, or a function that
+# does `global forward; forward = ...` when called) or swap a set-up function's code. Before every
+# cell and every step that follows the answer, they are put back.
+
+_FUNCTION_PARTS = ("__code__", "__defaults__", "__kwdefaults__")
+
+
+def setup_bindings(ns, before, bindings):
+    """Add to ``bindings`` each name the set-up code bound in ``ns`` (``before``: ``ns`` before it ran)."""
+    for name, value in ns.items():
+        if name.startswith("__") or (name in before and before[name] is value):
+            continue
+        parts = None
+        if type(value).__name__ == "function":
+            parts = tuple(getattr(value, part) for part in _FUNCTION_PARTS)
+        bindings[name] = (value, parts)
+
+
+def restore_setup(ns, bindings):
+    """Put back every set-up binding and set-up function that student code changed; return their names."""
+    changed = []
+    for name, (value, parts) in bindings.items():
+        if ns.get(name, changed) is not value:
+            ns[name] = value
+            changed.append(name)
+        if parts is not None:
+            now = tuple(getattr(value, part, None) for part in _FUNCTION_PARTS)
+            if any(a is not b for a, b in zip(now, parts)):
+                for part, original in zip(_FUNCTION_PARTS, parts):
+                    setattr(value, part, original)
+                changed.append(name)
+    return changed
+
+
+def report_restored(changed, reported, event):
+    """Emit the set-up names restored for the first time (a few, never the same one twice)."""
+    new = [name for name in dict.fromkeys(changed) if name not in reported]
+    if new:
+        reported.update(new)
+        event["names"] = sorted(new)[:20]
+        emit(event)
+
+
 def _decode(arg, env, inputs, np):
     if "npy" in arg:
         return inputs[arg["npy"]]  # a fresh array on every access: inputs cannot leak between steps
@@ -415,9 +465,11 @@ def _store(result, store, env, what):
             env[name] = value
 
 
-def run_steps(case, ns, inputs, np):
+def run_steps(case, ns, inputs, np, before_step=None):
     env = {}
     for step in case["steps"]:
+        if before_step is not None:
+            before_step()
         op, target = step["op"], step["target"]
         args = [_decode(a, env, inputs, np) for a in step["args"]]
         if op == "call":
@@ -476,22 +528,31 @@ def run_grade(plan):
         emit({"ev": "start", "ex": ex_id})
         sources = {}
         ns = {"__name__": "__main__", "__builtins__": __builtins__}
+        bindings, reported = {}, set()
+
+        def protect(ex_id=ex_id, ns=ns, bindings=bindings, reported=reported):
+            report_restored(restore_setup(ns, bindings), reported, {"ev": "setup_restored", "ex": ex_id})
+
         ok = True
         for filename, label, code in (("<setup %s>" % ex_id, "the notebook's set-up cell", ex["setup"]),
                                       ("<answer %s>" % ex_id, "your answer cell", ex["answer"])):
             _register(sources, filename, label, code)
+            before = dict(ns)
             try:
                 exec(compile(code, filename, "exec"), ns)
             except BaseException as exc:  # noqa: B902 - SystemExit, KeyboardInterrupt too
                 emit({"ev": "answer_error", "ex": ex_id, "msg": describe_exception(exc, sources)})
                 ok = False
                 break
+            if filename.startswith("<setup"):
+                setup_bindings(ns, before, bindings)
         if ok:
+            protect()
             for index, case in enumerate(ex["cases"]):
                 emit({"ev": "case_start", "ex": ex_id, "case": index})
                 started = time.perf_counter()
                 try:
-                    env = run_steps(case, ns, inputs, np)
+                    env = run_steps(case, ns, inputs, np, before_step=protect)
                     export(env, case["export"], "%s-%d" % (ex_id, index), out_dir, np)
                     emit({"ev": "case", "ex": ex_id, "case": index, "ok": True,
                           "seconds": time.perf_counter() - started})
@@ -507,15 +568,25 @@ def run_cells(plan):
 
     ns = {"__name__": "__main__", "__builtins__": __builtins__}
     sources = {}
+    bindings, reported, previous = {}, set(), None
     for index, cell in enumerate(plan["cells"]):
         filename = "<cell %d>" % index
         _register(sources, filename, cell["label"], cell["code"])
+        role = cell.get("role")
+        if previous == "answer" and role != "answer":
+            # As the grader: the checks see the set-up cell's names, whatever the answer rebound.
+            # (Only here: a check cell may rebind a set-up name for the checks after it.)
+            report_restored(restore_setup(ns, bindings), reported, {"ev": "setup_restored", "index": index})
+        previous = role
         emit({"ev": "cell_start", "index": index})
         captured = io.StringIO()
         started = time.perf_counter()
+        before = dict(ns)
         try:
             with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
                 exec(compile(cell["code"], filename, "exec"), ns)
+            if role == "setup":
+                setup_bindings(ns, before, bindings)
             emit({"ev": "cell", "index": index, "ok": True, "seconds": time.perf_counter() - started})
         except BaseException as exc:  # noqa: B902
             emit({"ev": "cell", "index": index, "ok": False, "error": type(exc).__name__,

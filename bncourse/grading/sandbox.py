@@ -61,7 +61,7 @@ from .workdirs import DYNAMIC_UIDS
 from .watch import CappedReader, EventReader, cpu_seconds, disk_usage, find_runner, kill_group, tmpfs_usage
 
 __all__ = ["Limits", "Sandbox", "LaunchResult", "StudentPython", "detect_sandbox", "student_python",
-           "RUNNER", "STUDENT_PYTHON_ENV"]
+           "RUNNER", "STUDENT_PYTHON_ENV", "restored_setup_names", "describe_names"]
 
 RUNNER = Path(__file__).with_name("runner.py")
 NOBODY = 65534
@@ -137,6 +137,23 @@ class LaunchResult:
     case: int | None = None
     cpu_seconds: float | None = None
     events_bytes: int = 0
+
+
+def restored_setup_names(event: dict[str, Any]) -> list[str]:
+    """The set-up names a ``setup_restored`` event says the runner put back (see ``runner.restore_setup``).
+
+    Events can be forged by student code, so this only ever yields a few short identifiers:
+    they name things in a message, never change a score.
+    """
+    names = event.get("names") if event.get("ev") == "setup_restored" else None
+    if not isinstance(names, list):
+        return []
+    return [n for n in names[:20] if isinstance(n, str) and n.isidentifier() and len(n) <= 60][:10]
+
+
+def describe_names(names: list[str] | set[str]) -> str:
+    """``"`a`, `b`"``: names as they appear in messages."""
+    return ", ".join(f"`{name}`" for name in sorted(names))
 
 
 @dataclass
