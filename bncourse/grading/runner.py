@@ -23,9 +23,10 @@ Modes:
   process says about scores counts.
 - ``cells``: run a list of notebook cells in one namespace (``bncourse check``).
 
-In both modes the names the set-up cell defines are put back after the answer has run
-(and, in ``grade``, before every step of a hidden case), and an event names any that
-student code had changed: the hidden cases and the checks build on the released set-up.
+In both modes what the set-up cell defines (its names, its functions' code, the functions
+of the modules it imported) is put back after the answer has run (and, in ``grade``,
+before every step of a hidden case), and an event names whatever student code had
+changed: the hidden cases and the checks build on the released set-up.
 
 Progress and errors go to file descriptor EVENTS_FD (a pipe to the grader) as JSON lines, so the student's
 prints on stdout cannot be confused with them (they can forge them, which only
@@ -397,36 +398,70 @@ class StepError(Exception):
 # The set-up cell (restored from the released notebook) defines what the hidden cases and the
 # checks build on, e.g. Exercise 14's training loop. Student code runs in the same namespace, so
 # it could rebind those names (an answer cell with its own `def train_network`, or a function that
-# does `global forward; forward = ...` when called) or swap a set-up function's code. Before every
-# cell and every step that follows the answer, they are put back.
+# does `global forward; forward = ...` when called), swap a set-up function's code, or replace a
+# function of a module the set-up uses (`dis.get_instructions`, `np.maximum`). After the answer, and
+# before every step of a hidden case, they are put back. What stays open: objects the student's
+# code returns can still run its code when the set-up's functions use them.
 
 _FUNCTION_PARTS = ("__code__", "__defaults__", "__kwdefaults__")
+_CODE_KINDS = ("function", "builtin_function_or_method", "cython_function_or_method", "type", "ufunc",
+               "_ArrayFunctionDispatcher")
+_MISSING = object()
+
+
+def _module_functions(module, label):
+    """``{(module, attribute): (value, "label.attribute")}`` for the functions and classes of a module
+    and of its submodules one level down (``np.random``): what a set-up function may call."""
+    parts = {}
+    for attr, value in list(vars(module).items()):
+        kind = type(value).__name__
+        if kind in _CODE_KINDS:
+            parts[(module, attr)] = (value, "%s.%s" % (label, attr))
+        elif kind == "module" and getattr(value, "__name__", "").startswith(module.__name__ + "."):
+            for sub_attr, sub_value in list(vars(value).items()):
+                if type(sub_value).__name__ in _CODE_KINDS:
+                    parts[(value, sub_attr)] = (sub_value, "%s.%s.%s" % (label, attr, sub_attr))
+    return parts
 
 
 def setup_bindings(ns, before, bindings):
-    """Add to ``bindings`` each name the set-up code bound in ``ns`` (``before``: ``ns`` before it ran)."""
+    """Add to ``bindings`` each name the set-up code bound in ``ns`` (``before``: ``ns`` before it ran).
+
+    A function keeps its code, defaults and keyword defaults; a module (``np``, ``dis``) the
+    functions and classes it and its submodules hold.
+    """
     for name, value in ns.items():
         if name.startswith("__") or (name in before and before[name] is value):
             continue
-        parts = None
-        if type(value).__name__ == "function":
+        kind, parts = type(value).__name__, None
+        if kind == "function":
             parts = tuple(getattr(value, part) for part in _FUNCTION_PARTS)
+        elif kind == "module":
+            parts = _module_functions(value, name)
         bindings[name] = (value, parts)
 
 
 def restore_setup(ns, bindings):
-    """Put back every set-up binding and set-up function that student code changed; return their names."""
+    """Put back every set-up binding, set-up function and module function that student code changed.
+
+    Returns the names put back (``"train_network"``, ``"dis.get_instructions"``).
+    """
     changed = []
     for name, (value, parts) in bindings.items():
-        if ns.get(name, changed) is not value:
+        if ns.get(name, _MISSING) is not value:
             ns[name] = value
             changed.append(name)
-        if parts is not None:
+        if isinstance(parts, tuple):
             now = tuple(getattr(value, part, None) for part in _FUNCTION_PARTS)
             if any(a is not b for a, b in zip(now, parts)):
                 for part, original in zip(_FUNCTION_PARTS, parts):
                     setattr(value, part, original)
                 changed.append(name)
+        elif isinstance(parts, dict):
+            for (module, attr), (original, label) in parts.items():
+                if vars(module).get(attr, _MISSING) is not original:
+                    setattr(module, attr, original)
+                    changed.append(label)
     return changed
 
 

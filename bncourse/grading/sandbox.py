@@ -148,7 +148,8 @@ def restored_setup_names(event: dict[str, Any]) -> list[str]:
     names = event.get("names") if event.get("ev") == "setup_restored" else None
     if not isinstance(names, list):
         return []
-    return [n for n in names[:20] if isinstance(n, str) and n.isidentifier() and len(n) <= 60][:10]
+    return [n for n in names[:20] if isinstance(n, str) and len(n) <= 80
+            and all(part.isidentifier() for part in n.split("."))][:10]
 
 
 def describe_names(names: list[str] | set[str]) -> str:

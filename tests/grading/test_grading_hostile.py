@@ -193,7 +193,7 @@ ZERO_WITH_MESSAGE = {
     "not_an_array": "should be a NumPy array",
     "object_array": "should be a numeric array",
     "returns_one_value": "should return 2 values",
-    "patch_numpy": "never reached the grader",
+    "patch_numpy": "your code redefines `np.allclose`, `np.save`",  # put back before the cases run
     "fake_results": "values wrong",
     "pickle_output": "wrote pickles",
     "symlink_output": "made symlinks",

@@ -4,8 +4,9 @@ Exercise 14 is graded by the set-up cell's own training loop (``train_network``)
 measure (``logit_scale``) applied to the student's ``build_network``. The student's code runs in
 the same namespace, so without protection an untrainable network would earn full marks with an
 answer that redefines the loop to train a different network, or rebinds it when called, or swaps
-a set-up function's code. Each cheat below must score exactly what the honest untrainable answer
-scores, and both the grader and ``check`` must say which names were put back.
+a set-up function's code; Exercise 1's point for a loop-free forward is decided by the set-up's
+``uses_python_loops``, which reads bytecode with ``dis``. Each cheat below must score exactly what
+the honest answer scores, and both the grader and ``check`` must say which names were put back.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ CHEATS = {  # name -> (answer cell, the set-up names it changes)
 
 # Exercise 1 awards a point for a forward without Python loops, decided by the set-up's uses_python_loops.
 LOOPING = answer_source("ex01").replace("mean = x.mean(axis=0)", "mean = sum(row for row in x) / x.shape[0]")
-LOOPING_CHEAT = LOOPING + "\n\ndef uses_python_loops(fn):\n    return False\n"
+LOOPING_CHEATS = {  # name -> (answer cell, what it changes)
+    "looping_redefines": (LOOPING + "\n\ndef uses_python_loops(fn):\n    return False\n", "`uses_python_loops`"),
+    # the detector reads the bytecode with dis: blind it instead
+    "looping_patches_dis": (LOOPING + "\n\ndis.get_instructions = lambda code: iter(())\n", "`dis.get_instructions`"),
+}
 
 
 def _set_up_code() -> str:
@@ -78,10 +83,10 @@ def graded(grader, tmp_path_factory):
     root = tmp_path_factory.mktemp("setup-names")
     answers = {"honest": UNTRAINABLE, **{name: answer for name, (answer, _) in CHEATS.items()}}
     paths = [write_nb(root / "subs" / f"{name}.ipynb", with_answer("ex14", answer)) for name, answer in answers.items()]
-    paths += [write_nb(root / "subs" / f"{name}.ipynb", with_answer("ex01", answer))
-              for name, answer in (("looping", LOOPING), ("looping_cheat", LOOPING_CHEAT))]
+    loops = {"looping": LOOPING, **{name: answer for name, (answer, _) in LOOPING_CHEATS.items()}}
+    paths += [write_nb(root / "subs" / f"{name}.ipynb", with_answer("ex01", answer)) for name, answer in loops.items()]
     grade_batch(grader, collect_submissions(paths), root / "out", jobs=2, progress=None)
-    return {name: results_of(root / "out", name) for name in [*answers, "looping", "looping_cheat"]}
+    return {name: results_of(root / "out", name) for name in [*answers, *loops]}
 
 
 @pytest.mark.parametrize("name", list(CHEATS))
@@ -97,10 +102,11 @@ def test_a_cheat_scores_what_the_honest_answer_scores_and_is_named(graded, name)
     assert "set-up cell" not in " ".join(t["output"] for t in graded["honest"]["tests"])
 
 
-def test_a_redefined_loop_detector_earns_nothing(graded):
-    honest, cheat = (exercise_scores(graded[name])["ex01"] for name in ("looping", "looping_cheat"))
-    assert honest < 10.0 and cheat == honest, graded["looping_cheat"]["output"]
-    assert "`uses_python_loops`" in " ".join(t["output"] for t in graded["looping_cheat"]["tests"])
+@pytest.mark.parametrize("name", list(LOOPING_CHEATS))
+def test_a_blinded_loop_detector_earns_nothing(graded, name):
+    honest, cheat = (exercise_scores(graded[key])["ex01"] for key in ("looping", name))
+    assert honest < 10.0 and cheat == honest, graded[name]["output"]
+    assert LOOPING_CHEATS[name][1] in " ".join(t["output"] for t in graded[name]["tests"])
 
 
 def test_check_runs_the_set_up_names_too_and_says_so(sandbox, tmp_path):
