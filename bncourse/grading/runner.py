@@ -400,8 +400,14 @@ class StepError(Exception):
 # it could rebind those names (an answer cell with its own `def train_network`, or a function that
 # does `global forward; forward = ...` when called), swap a set-up function's code, or replace a
 # function of a module the set-up uses (`dis.get_instructions`, `np.maximum`). After the answer, and
-# before every step of a hidden case, they are put back. What stays open: objects the student's
-# code returns can still run its code when the set-up's functions use them.
+# before every step of a hidden case, they are put back, and the results say so.
+# This stops an answer that redefines what the exercise says to leave alone; it is not a security
+# boundary. Code in this process can reach the runner itself (sys.modules, frames, gc), class
+# attributes, builtins, NumPy internals and the files this process exports, and objects it returns
+# run its code inside the set-up's functions: a red-team pass found such routes to the points that
+# set-up code decides in here (Exercise 1's loop check, 11's ModeProbe, 14's scale and training).
+# The sandbox boundary protects what never enters it (references, labels); those verdicts belong
+# outside, in the trusted process.
 
 _FUNCTION_PARTS = ("__code__", "__defaults__", "__kwdefaults__")
 _CODE_KINDS = ("function", "builtin_function_or_method", "cython_function_or_method", "type", "ufunc",
