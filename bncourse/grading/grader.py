@@ -49,7 +49,7 @@ from .notebooks import (AnswerError, Answers, NotebookError, cell_role, cell_sou
                         extract_answers, foreign_format_hint, identify_exercise, read_notebook, strip_magics)
 from .results import collect_rows, read_results, write_grades_csv, write_results
 from .sandbox import RUNNER, LaunchResult, Limits, Sandbox, describe_names, restored_setup_names
-from .spec import Case, case_plan
+from .spec import Case, Expect, case_plan
 from .submissions import MAX_SUBMISSION_BYTES, Submission, collect_submissions, result_name, walk_submission
 from .workdirs import WORKDIR_PREFIX, clean_stale_workdirs, make_workdir, remove_tree
 
@@ -149,6 +149,8 @@ class Grader:
         self._cancel = threading.Event()
         self.templates: dict[str, dict[str, Any]] = {}
         self.setup_code: dict[str, str] = {}
+        self._setup_namespaces: dict[str, dict[str, Any]] = {}  # filled by _setup_namespace
+        self._setup_lock = threading.Lock()
         self.stub_code: dict[str, str] = {}
         h = hashlib.sha256(f"{GRADER_VERSION}|{seed}|{self._secret}|{self.exercises}|{limits}|"
                            f"{visibility}|{sandbox.kind}".encode())
@@ -444,11 +446,32 @@ class Grader:
                     if got is None:
                         messages.append(f"{var}: no value came back")
                         continue
-                    ok, msg = judge_value(got, case.expected[var], var)
+                    want = case.expected[var]
+                    if want.verdict is not None:
+                        ok, msg = self._verdict(run.exercise.id, want, got, var)
+                    else:
+                        ok, msg = judge_value(got, want, var)
                     passed += ok
                     if not ok:
                         messages.append(msg)
                 run.judged.append((passed, messages))
+
+    def _verdict(self, ex_id: str, want: Expect, got: np.ndarray, var: str) -> tuple[bool, str]:
+        """Run a case's verdict on an exported array, here in the trusted process, with the released set-up."""
+        try:
+            ok, msg = want.verdict(got, self._setup_namespace(ex_id))
+        except (ValueError, ArithmeticError) as err:  # the numbers that came back do not fit
+            return False, f"{var}: {err}"
+        return bool(ok), str(msg)
+
+    def _setup_namespace(self, ex_id: str) -> dict[str, Any]:
+        """The names the exercise's released set-up cell defines, run once in this (trusted) process."""
+        with self._setup_lock:
+            if ex_id not in self._setup_namespaces:
+                ns: dict[str, Any] = {"__name__": f"_bncourse_setup_{ex_id}"}
+                exec(compile(self.setup_code[ex_id], f"<released set-up of {ex_id}>", "exec"), ns)
+                self._setup_namespaces[ex_id] = ns
+            return self._setup_namespaces[ex_id]
 
     # -- results -------------------------------------------------------------------
     def _case_result(self, run: _Run, k: int, case: Case) -> tuple[float, str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "item",
     "expect",
     "expect_labels",
+    "expect_verdict",
     "tolerance",
     "case_plan",
 ]
@@ -99,6 +101,9 @@ class Expect:
         min_agreement: for class labels (see :func:`expect_labels`): the answer passes when
             at least this fraction of the scored entries equals ``value`` exactly; entries
             where ``value`` is negative are not scored.
+        verdict: for answers judged by running code on them (see :func:`expect_verdict`):
+            ``verdict(got, setup) -> (passed, message)``, called in the trusted process with
+            the exported array and the namespace of the exercise's released set-up cell.
     """
 
     value: np.ndarray
@@ -107,6 +112,7 @@ class Expect:
     atol: float
     exact: bool = False
     min_agreement: float | None = None
+    verdict: Callable[[np.ndarray, dict[str, Any]], tuple[bool, str]] | None = None
 
 
 def tolerance(dtype: Any, kind: str = "value") -> tuple[float, float]:
@@ -166,6 +172,19 @@ def expect_labels(labels: Any, at_least: float) -> Expect:
     if not 0.0 < float(at_least) <= 1.0:
         raise ValueError(f"expected at_least in (0, 1], got {at_least!r}")
     return Expect(value=labels, dtype=None, rtol=0.0, atol=0.0, min_agreement=float(at_least))
+
+
+def expect_verdict(verdict: Callable[[np.ndarray, dict[str, Any]], tuple[bool, str]]) -> Expect:
+    """An exported array judged by ``verdict(got, setup) -> (passed, message)`` in the trusted process.
+
+    For answers whose worth is what trusted code does with them, e.g. a network the
+    grader trains itself: the sandbox only exports the numbers, so nothing the student's
+    code does in there can change the training or its verdict. ``setup`` is the
+    namespace the exercise's released set-up cell defines, run in the trusted process.
+    """
+    if not callable(verdict):
+        raise ValueError(f"expected a callable verdict, got {type(verdict).__name__}")
+    return Expect(value=np.zeros(0), dtype=None, rtol=0.0, atol=0.0, verdict=verdict)
 
 
 @dataclass
