@@ -448,7 +448,7 @@ class Grader:
                         continue
                     want = case.expected[var]
                     if want.verdict is not None:
-                        ok, msg = self._verdict(run.exercise.id, want, got, var)
+                        ok, msg = self._verdict(run, want, got, var)
                     else:
                         ok, msg = judge_value(got, want, var)
                     passed += ok
@@ -456,10 +456,11 @@ class Grader:
                         messages.append(msg)
                 run.judged.append((passed, messages))
 
-    def _verdict(self, ex_id: str, want: Expect, got: np.ndarray, var: str) -> tuple[bool, str]:
+    def _verdict(self, run: _Run, want: Expect, got: np.ndarray, var: str) -> tuple[bool, str]:
         """Run a case's verdict on an exported array, here in the trusted process, with the released set-up."""
+        answer = strip_magics(run.answers.code) if run.answers else ""
         try:
-            ok, msg = want.verdict(got, self._setup_namespace(ex_id))
+            ok, msg = want.verdict(got, self._setup_namespace(run.exercise.id), answer)
         except (ValueError, ArithmeticError) as err:  # the numbers that came back do not fit
             return False, f"{var}: {err}"
         return bool(ok), str(msg)

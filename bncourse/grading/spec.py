@@ -102,8 +102,9 @@ class Expect:
             at least this fraction of the scored entries equals ``value`` exactly; entries
             where ``value`` is negative are not scored.
         verdict: for answers judged by running code on them (see :func:`expect_verdict`):
-            ``verdict(got, setup) -> (passed, message)``, called in the trusted process with
-            the exported array and the namespace of the exercise's released set-up cell.
+            ``verdict(got, setup, answer) -> (passed, message)``, called in the trusted process
+            with the exported array, the namespace of the exercise's released set-up cell and
+            the student's answer code as text (never run there).
     """
 
     value: np.ndarray
@@ -112,7 +113,7 @@ class Expect:
     atol: float
     exact: bool = False
     min_agreement: float | None = None
-    verdict: Callable[[np.ndarray, dict[str, Any]], tuple[bool, str]] | None = None
+    verdict: Callable[[np.ndarray, dict[str, Any], str], tuple[bool, str]] | None = None
 
 
 def tolerance(dtype: Any, kind: str = "value") -> tuple[float, float]:
@@ -174,17 +175,22 @@ def expect_labels(labels: Any, at_least: float) -> Expect:
     return Expect(value=labels, dtype=None, rtol=0.0, atol=0.0, min_agreement=float(at_least))
 
 
-def expect_verdict(verdict: Callable[[np.ndarray, dict[str, Any]], tuple[bool, str]]) -> Expect:
-    """An exported array judged by ``verdict(got, setup) -> (passed, message)`` in the trusted process.
+def expect_verdict(verdict: Callable[[np.ndarray, dict[str, Any], str], tuple[bool, str]],
+                   value: Any = None) -> Expect:
+    """An exported array judged by ``verdict(got, setup, answer) -> (passed, message)`` in the trusted process.
 
-    For answers whose worth is what trusted code does with them, e.g. a network the
-    grader trains itself: the sandbox only exports the numbers, so nothing the student's
-    code does in there can change the training or its verdict. ``setup`` is the
-    namespace the exercise's released set-up cell defines, run in the trusted process.
+    For answers whose worth is what trusted code does with them (a network the grader
+    trains itself) or how they are written (a forward without Python loops, read from the
+    answer's source): the sandbox only exports the numbers, so nothing the student's code
+    does in there can change the verdict. ``setup`` is the namespace the exercise's
+    released set-up cell defines, run in the trusted process; ``answer`` is the answer
+    code the sandbox ran, as text. ``value``: the reference the verdict compares with, if
+    it has one (kept for the tests that check the references themselves).
     """
     if not callable(verdict):
         raise ValueError(f"expected a callable verdict, got {type(verdict).__name__}")
-    return Expect(value=np.zeros(0), dtype=None, rtol=0.0, atol=0.0, verdict=verdict)
+    reference = np.zeros(0) if value is None else np.asarray(value)
+    return Expect(value=reference, dtype=None, rtol=0.0, atol=0.0, verdict=verdict)
 
 
 @dataclass

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.functional import batchnorm_forward
-from bncourse.grading.spec import Case, Var, call, expect
+from bncourse.grading.judge import judge_value
+from bncourse.grading.spec import Case, Expect, call, expect, expect_verdict
 
-from _common import affine, dims, sample
+from _common import affine, dims, python_loops, sample
 
 
 def _case(name, points, x, gamma, beta, eps=None, **kw):
@@ -44,15 +45,25 @@ def cases(rng: np.random.Generator) -> list[Case]:
     n, d = dims(rng, 64, 200), dims(rng, 8, 20)
     x = sample(rng, (n, d), np.float64, loc=-3.0, scale=rng.uniform(0.1, 5, size=d))
     out.append(_case(f"float64, larger batch N={n}, D={d}", 1, x, *affine(rng, (d,), np.float64)))
-    # The text forbids Python loops; the set-up cell's uses_python_loops (also a public check)
-    # decides. All or nothing: the output counts only without loops, since out / (not loops) is
-    # out, or inf when batchnorm_forward loops.
+    # The text forbids Python loops. All or nothing: the output counts only if the answer's source
+    # has no loop, read here in the trusted process (see _common.python_loops), the same loops the
+    # public check (the set-up cell's uses_python_loops) finds in the bytecode.
     n, d = dims(rng, 4, 16), dims(rng, 2, 6)
     loops = _case("vectorized: no Python loop in batchnorm_forward", 1, sample(rng, (n, d), np.float64),
                   *affine(rng, (d,), np.float64))
-    loops.steps += [call("uses_python_loops", "batchnorm_forward", store="loops"),
-                    call("loops.__xor__", True, store="vectorized"),
-                    call("out.__truediv__", Var("vectorized"), store="out_if_vectorized")]
-    loops.expected["out_if_vectorized"] = loops.expected.pop("out")
+    reference = loops.expected["out"]
+    loops.expected["out"] = expect_verdict(_without_loops(reference), value=reference.value)
     out.append(loops)
     return out
+
+
+def _without_loops(reference: Expect):
+    def verdict(got: np.ndarray, setup: dict, answer: str) -> tuple[bool, str]:
+        ok, message = judge_value(got, reference, "out")
+        if not ok:
+            return False, message
+        where = python_loops(answer, "batchnorm_forward")
+        if where:
+            return False, f"batchnorm_forward runs a Python loop ({where}); the text asks for array operations only"
+        return True, "passed"
+    return verdict

@@ -22,7 +22,7 @@ TARGET = 0.85
 
 
 def _scale_verdict(probe: np.ndarray):
-    def verdict(vector: np.ndarray, setup: dict[str, Any]) -> tuple[bool, str]:
+    def verdict(vector: np.ndarray, setup: dict[str, Any], answer: str) -> tuple[bool, str]:
         scale = setup["logit_scale"](setup["network_from_vector"](vector), probe)
         if -1.0 <= scale <= 1.0:
             return True, "passed"
@@ -32,7 +32,7 @@ def _scale_verdict(probe: np.ndarray):
 
 
 def _training_verdict(train_seed: int):
-    def verdict(vector: np.ndarray, setup: dict[str, Any]) -> tuple[bool, str]:
+    def verdict(vector: np.ndarray, setup: dict[str, Any], answer: str) -> tuple[bool, str]:
         x_train, y_train, x_test, y_test = (a.copy() for a in digits())
         net = setup["train_network"](setup["network_from_vector"](vector), x_train, y_train, train_seed)
         accuracy = float(np.mean(setup["predict"](net, x_test) == y_test))
