@@ -76,13 +76,17 @@ def test_expect_verdict_wants_a_callable():
         expect_verdict("not a function")
 
 
-@pytest.fixture(scope="module")
-def graded(grader, tmp_path_factory):
-    root = tmp_path_factory.mktemp("trusted-training")
-    answers = {"honest": UNTRAINABLE, "solution": SOLUTION, **TAMPERED}
-    paths = [write_nb(root / "subs" / f"{name}.ipynb", with_answer("ex14", code)) for name, code in answers.items()]
+def _grade(grader, root, ex_id: str, answers: dict[str, str]) -> dict[str, dict]:
+    """``results.json`` of each answer of ``ex_id`` by name, all graded in one batch."""
+    paths = [write_nb(root / "subs" / f"{name}.ipynb", with_answer(ex_id, code)) for name, code in answers.items()]
     grade_batch(grader, collect_submissions(paths), root / "out", jobs=2, progress=None)
     return {name: results_of(root / "out", name) for name in answers}
+
+
+@pytest.fixture(scope="module")
+def graded(grader, tmp_path_factory):
+    answers = {"honest": UNTRAINABLE, "solution": SOLUTION, **TAMPERED}
+    return _grade(grader, tmp_path_factory.mktemp("trusted-training"), "ex14", answers)
 
 
 def test_only_the_network_counts(graded):
@@ -158,11 +162,8 @@ EX01_CHEATS = {
 
 @pytest.fixture(scope="module")
 def graded_ex01(grader, tmp_path_factory):
-    root = tmp_path_factory.mktemp("loop-point")
     answers = {"looping": LOOPING, "solution": FORWARD, **EX01_CHEATS}
-    paths = [write_nb(root / "subs" / f"{name}.ipynb", with_answer("ex01", code)) for name, code in answers.items()]
-    grade_batch(grader, collect_submissions(paths), root / "out", jobs=2, progress=None)
-    return {name: results_of(root / "out", name) for name in answers}
+    return _grade(grader, tmp_path_factory.mktemp("loop-point"), "ex01", answers)
 
 
 @pytest.mark.parametrize("name", list(EX01_CHEATS))
