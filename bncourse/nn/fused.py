@@ -425,14 +425,14 @@ def _layer_forward(layer: _BatchNorm, x: Tensor) -> Tensor | None:
     # Batch statistics; the general path words the refusals (one value per channel, eps <= 0).
     if x.numel() <= x.shape[1] or not eps > 0:
         return None
-    momentum = 0.0
-    if not training or not layer.track_running_stats:  # nothing to blend
+    momentum, counter = 0.0, layer.num_batches_tracked if layer.track_running_stats else None
+    if not training or counter is None:  # nothing to blend (as _module_forward)
         running_mean = running_var = None
     else:
-        layer.num_batches_tracked.add_(1)
+        counter.add_(1)
         momentum = layer.momentum
         if momentum is None:  # cumulative moving average
-            momentum = 1.0 / float(layer.num_batches_tracked)
+            momentum = 1.0 / float(counter)
     if needs_graph:
         return _LayerTraining.apply(x, weight, bias, eps, running_mean, running_var, momentum, layout)
     return _train_forward(x, layout, weight, bias, eps, running_mean, running_var, momentum)[0]

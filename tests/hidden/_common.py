@@ -71,8 +71,10 @@ def python_loops(source: str, name: str) -> str | None:
     """
     try:
         tree = ast.parse(source)
-    except SyntaxError:
+    except (SyntaxError, ValueError):
         return None  # the sandbox could not have run it either; its cases fail on their own
+    except (RecursionError, MemoryError):
+        return "the source is nested too deeply to be read"
     lines = source.split("\n")
     for node in ast.walk(tree):
         dynamic = (isinstance(node, ast.Name) and node.id in _DYNAMIC_NAMES) or (
